@@ -210,6 +210,7 @@ class RunStreams:
 
 def _affine(x: torch.Tensor, low: float | torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """low + scale * x with [S] tensors broadcast over trailing dims."""
+
     def _b(v: float | torch.Tensor) -> float | torch.Tensor:
         if isinstance(v, torch.Tensor) and v.dim() == 1:
             return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))

@@ -1,0 +1,1 @@
+"""Learning algorithms that act on seed-batched networks (CBP, ReDo, Shrink & Perturb)."""

@@ -1,0 +1,205 @@
+"""Continual backpropagation (Dohare et al. 2024, Methods; PROTOCOLS §6), seed-batched.
+
+Called after every optimiser step with the hidden activations of that step. For each hidden layer
+and unit i (all runs at once):
+
+* age_i += 1;  u_i ← η·u_i + (1−η)·y_i with the instantaneous utility y_i:
+  - contribution:            y_i = mean|h_i| · Σ_k |w_out[k, i]|
+  - adaptable contribution:  y_i = mean|h_i − f̂_i| · Σ_k |w_out[k, i]| / mean|w_in[i, :]|,
+    f̂_i the bias-corrected running mean of h_i;
+  (means over the mini-batch and, for channels, spatial positions; Σ_k over every next-layer weight
+  fed by the unit)
+* bias-corrected utility û_i = u_i / (1 − η^age_i); eligible units: age_i > maturity m;
+* accumulate mode: a per-layer accumulator grows by ρ·(#eligible) each step, and ⌊acc⌋ eligible
+  units with the lowest û are replaced (acc −= ⌊acc⌋); probabilistic mode replaces
+  ⌊ρ·#eligible⌋ units plus one more with probability frac(ρ·#eligible);
+* replacing unit i: incoming weights redrawn from the layer's initial distribution, incoming bias
+  0, outgoing weights exactly 0 (after the optimiser step, so they stay 0 until the next update),
+  utility, running mean and age 0, optimiser state of those weights reset (optional), BatchNorm
+  of the channel reset to weight 1, bias 0, running mean 0, running var 1; optionally the next
+  layer's bias absorbs the removed unit's mean contribution (f̂_i · Σ w_out[:, i]).
+
+Replacement is branch-free: at most `k_max` units per layer and step (a static bound from the
+largest replacement rate), selected with `topk` and written with gather/scatter, so there is no
+host-device synchronisation on accelerators. On CPU, steps without any replacement skip the
+scatter work (a free check there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from lop.config import CBPConfig
+from lop.nets.units import UnitLayer
+from lop.optim import BatchedOptimizer
+from lop.rng import RunStreams
+
+
+def unit_mean(h: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and spatial positions: ``[S, B, n, *spatial]`` -> ``[S, n]``."""
+    if h.dim() == 3:
+        return h.mean(1)
+    return h.mean(dim=(1, *range(3, h.dim())))
+
+
+def _expand_idx(idx: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """Index ``[S, k]`` expanded to gather/scatter along `dim` of `like` (``[S, ...]``)."""
+    shape = [1] * like.dim()
+    shape[0], shape[dim] = idx.shape[0], idx.shape[1]
+    size = list(like.shape)
+    size[dim] = idx.shape[1]
+    return idx.view(shape).expand(size)
+
+
+def _put(
+    t: torch.Tensor, dim: int, idx: torch.Tensor, valid: torch.Tensor, new: torch.Tensor | float
+) -> None:
+    """t[s, ..., idx[s, j], ...] = new where valid[s, j] (unit axis `dim`), in place."""
+    ie = _expand_idx(idx, t, dim)
+    cur = t.gather(dim, ie)
+    vshape = [1] * t.dim()
+    vshape[0], vshape[dim] = valid.shape
+    v = valid.view(vshape)
+    if not isinstance(new, torch.Tensor):
+        new = torch.full_like(cur, new)
+    t.scatter_(dim, ie, torch.where(v, new.to(t.dtype), cur))
+
+
+class ContinualBackprop:
+    """CBP state and update for the hidden layers of a batch of runs."""
+
+    def __init__(
+        self,
+        layers: Sequence[UnitLayer],
+        configs: Sequence[CBPConfig],
+        streams: RunStreams,
+        optimizer: BatchedOptimizer | None = None,
+    ) -> None:
+        statics = {(c.utility, c.mode, c.reset_optimizer_state, c.bias_correction) for c in configs}
+        if len(statics) != 1:
+            raise ValueError("runs of one batch must share CBP utility, mode and flags")
+        first = configs[0]
+        self.layers = list(layers)
+        self.streams = streams
+        self.optimizer = optimizer
+        self.utility = first.utility
+        self.mode = first.mode
+        self.reset_optimizer_state = first.reset_optimizer_state
+        self.bias_correction = first.bias_correction
+        dev = streams.device
+        self.rate = torch.tensor([c.replacement_rate for c in configs], dtype=torch.float64, device=dev)
+        self.maturity = torch.tensor([c.maturity for c in configs], dtype=torch.int64, device=dev)
+        self.decay = torch.tensor([c.decay for c in configs], dtype=torch.float32, device=dev)
+        self.track_mean = self.utility == "adaptable_contribution" or self.bias_correction
+        max_rate = max(c.replacement_rate for c in configs)
+        self.k_max = [min(layer.n_units, math.floor(max_rate * layer.n_units) + 1) for layer in self.layers]
+        s = streams.n
+        self.util = [torch.zeros(s, layer.n_units, device=dev) for layer in self.layers]
+        self.mean_act = [torch.zeros(s, layer.n_units, device=dev) for layer in self.layers]
+        self.age = [torch.zeros(s, layer.n_units, dtype=torch.int64, device=dev) for layer in self.layers]
+        self.acc = [torch.zeros(s, dtype=torch.float64, device=dev) for _ in self.layers]
+        self.n_replaced = [torch.zeros(s, dtype=torch.int64, device=dev) for _ in self.layers]
+        self.active = bool((self.rate > 0).any())
+
+    # ------------------------------------------------------------------------------------------
+    def _instant_utility(self, i: int, layer: UnitLayer, h: torch.Tensor) -> torch.Tensor:
+        out_dims = [1, *range(3, layer.out_weight.dim())]
+        out_mag = layer.out_weight.abs().sum(dim=out_dims)  # [S, n]
+        if self.utility == "contribution":
+            return unit_mean(h.abs()) * out_mag
+        age = self.age[i].to(torch.float32)
+        d = self.decay.view(-1, 1)
+        f_hat = self.mean_act[i] / torch.clamp(1.0 - d**age, min=1e-12)
+        shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
+        centred = unit_mean((h - f_hat.view(shape)).abs())
+        in_mag = layer.in_weight.abs().flatten(2).mean(-1)
+        return centred * out_mag / torch.clamp(in_mag, min=1e-12)
+
+    @torch.no_grad()
+    def step(self, step: int, activations: Sequence[torch.Tensor]) -> None:
+        """One CBP update after optimiser step `step` (a counter for the random draws)."""
+        d = self.decay.view(-1, 1)
+        for i, (layer, h) in enumerate(zip(self.layers, activations, strict=True)):
+            self.age[i].add_(1)
+            if self.track_mean:
+                self.mean_act[i].mul_(d).add_((1.0 - d) * unit_mean(h))
+            self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
+            if self.active:
+                self._replace(i, layer, step)
+
+    def _replace(self, i: int, layer: UnitLayer, step: int) -> None:
+        age = self.age[i]
+        eligible = age > self.maturity.view(-1, 1)
+        n_elig = eligible.sum(1).to(torch.float64)
+        expected = self.rate * n_elig
+        if self.mode == "accumulate":
+            self.acc[i].add_(expected)
+            n_rep = torch.floor(self.acc[i])
+            self.acc[i].sub_(n_rep)
+        else:
+            frac = expected - torch.floor(expected)
+            u = self.streams.uniform(f"cbp/{layer.name}/p", step, (), dtype=torch.float64)
+            n_rep = torch.floor(expected) + (u < frac).to(torch.float64)
+        n_rep = n_rep.to(torch.int64)
+        if age.device.type == "cpu" and not bool((n_rep > 0).any()):
+            return
+        k = self.k_max[i]
+        d = self.decay.view(-1, 1)
+        u_hat = self.util[i] / torch.clamp(1.0 - d ** age.to(torch.float32), min=1e-12)
+        score = torch.where(eligible, u_hat, torch.full_like(u_hat, math.inf))
+        idx = torch.topk(score, k, dim=1, largest=False, sorted=True).indices  # [S, k]
+        valid = torch.arange(k, device=idx.device).view(1, -1) < n_rep.view(-1, 1)
+        self.n_replaced[i].add_(valid.sum(1))
+        self._reinit(i, layer, step, idx, valid)
+
+    def _reinit(self, i: int, layer: UnitLayer, step: int, idx: torch.Tensor, valid: torch.Tensor) -> None:
+        k = idx.shape[1]
+        kind, scale = layer.init
+        shape = (k, *layer.fan_in_shape)
+        stream = f"cbp/{layer.name}/w"
+        if kind == "uniform":
+            new = self.streams.uniform(stream, step, shape, -scale, scale, dtype=layer.in_weight.dtype)
+        else:
+            new = self.streams.normal(stream, step, shape, scale, dtype=layer.in_weight.dtype)
+        if self.bias_correction and layer.out_bias is not None:
+            d = self.decay.view(-1, 1)
+            f_hat = self.mean_act[i] / torch.clamp(1.0 - d ** self.age[i].to(torch.float32), min=1e-12)
+            w_sel = layer.out_weight.gather(2, _expand_idx(idx, layer.out_weight, 2))  # [S, m, k, ...]
+            w_sum = w_sel.flatten(3).sum(-1) if w_sel.dim() > 3 else w_sel  # [S, m, k]
+            f_sel = f_hat.gather(1, idx) * valid  # [S, k]
+            layer.out_bias.add_(torch.bmm(w_sum, f_sel.unsqueeze(-1)).squeeze(-1))
+        _put(layer.in_weight, 1, idx, valid, new)
+        if layer.in_bias is not None:
+            _put(layer.in_bias, 1, idx, valid, 0.0)
+        _put(layer.out_weight, 2, idx, valid, 0.0)
+        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            if name in layer.bn:
+                _put(layer.bn[name], 1, idx, valid, value)
+        for t in (self.util[i], self.mean_act[i], self.age[i]):
+            _put(t, 1, idx, valid, 0)
+        if self.reset_optimizer_state and self.optimizer is not None:
+            for view, dim in [(layer.in_weight, 1), (layer.in_bias, 1), (layer.out_weight, 2)] + [
+                (layer.bn[n], 1) for n in ("weight", "bias") if n in layer.bn
+            ]:
+                if view is None:
+                    continue
+                for st in self.optimizer.state_views(view):
+                    _put(st, dim, idx, valid, 0.0)
+
+    # ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return {
+            "util": self.util,
+            "mean_act": self.mean_act,
+            "age": self.age,
+            "acc": self.acc,
+            "n_replaced": self.n_replaced,
+        }
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        for key, dst in self.state_dict().items():
+            for d, s in zip(dst, state[key], strict=True):
+                d.copy_(s)

@@ -1,0 +1,195 @@
+"""The `lop` command line: `lop run`, `lop params`, `lop experiments`, and the data/analysis groups."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from lop.errors import ConfigError, LopError
+
+
+def _seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-9' or '0-4,7' -> list of ints."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ConfigError("--seeds", f"cannot read {part!r}; use e.g. 0,1,2 or 0-9") from None
+    if any(s < 0 for s in out):
+        raise ConfigError("--seeds", "seeds must be non-negative")
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from lop.experiments.base import RunSpec
+    from lop.runner import resolve_device, run_group
+
+    if args.run_file:
+        runs, spec, problem, scale = _runs_from_run_file(Path(args.run_file), args.seeds)
+        device_name = args.device or "auto"
+        ckpt_minutes = 10.0
+    else:
+        from lop.params import load_params, select_runs
+
+        path = Path(args.params) if args.params else Path("params") / f"{args.experiment}.yaml"
+        if not args.params and not args.experiment:
+            raise ConfigError("lop run", "give --params FILE, --experiment NAME or --run-file FILE")
+        params = load_params(path)
+        from lop.experiments.base import get_experiment
+
+        spec = get_experiment(params.experiment)
+        scale = args.scale
+        sc = params.scale(scale)
+        problem = params.problems[scale]
+        if not args.method:
+            raise ConfigError("--method", f"choose one of: {', '.join(params.settings[scale])}")
+        seeds = _seeds(args.seeds) if args.seeds is not None else params.seeds(scale)
+        runs = select_runs(params, scale, args.method, args.setting_id, seeds)
+        device_name = args.device or sc.device
+        ckpt_minutes = sc.checkpoint_minutes
+    assert all(isinstance(r, RunSpec) for r in runs)
+    device = resolve_device(device_name)
+    out = Path(args.out)
+    run_group(
+        spec,
+        problem,
+        runs,
+        out,
+        scale=scale,
+        device=device,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_minutes=args.checkpoint_minutes if args.checkpoint_minutes is not None else ckpt_minutes,
+        progress=args.progress,
+    )
+    return 0
+
+
+def _runs_from_run_file(path: Path, seeds_arg: str | None):
+    """A run file: {experiment, scale?, problem: {...}, method: name, config: {MethodConfig}, seeds: [...]}."""
+    from lop.config import MethodConfig, from_dict
+    from lop.experiments.base import RunSpec, get_experiment
+    from lop.params import setting_id
+
+    if not path.is_file():
+        raise ConfigError(str(path), "run file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "expected a mapping")
+    allowed = {"experiment", "scale", "problem", "method", "config", "seeds"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{path}:{key}", f"unknown key; known keys are: {', '.join(sorted(allowed))}")
+    if "experiment" not in raw:
+        raise ConfigError(f"{path}:experiment", "missing")
+    spec = get_experiment(str(raw["experiment"]))
+    problem = from_dict(spec.problem_cls, raw.get("problem", {}), f"{path}:problem")
+    cfg = from_dict(MethodConfig, raw.get("config", {}), f"{path}:config")
+    seeds = _seeds(seeds_arg) if seeds_arg is not None else raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{path}:seeds", "must be a non-empty list of non-negative integers")
+    method = str(raw.get("method", "custom"))
+    runs = [RunSpec(method, setting_id({}), {}, cfg, s) for s in seeds]
+    return runs, spec, problem, str(raw.get("scale", "custom"))
+
+
+def cmd_params_validate(args: argparse.Namespace) -> int:
+    from lop.params import expand_jobs, load_params, n_runs
+
+    for f in args.files:
+        p = load_params(f)
+        summary = ", ".join(f"{s}: {n_runs(p, s)} runs/{len(expand_jobs(p, s))} jobs" for s in p.data.scales)
+        print(f"{f}: ok ({p.experiment}; {summary})")
+    return 0
+
+
+def cmd_params_jobs(args: argparse.Namespace) -> int:
+    from lop.params import expand_jobs, load_params
+
+    jobs = expand_jobs(load_params(args.file), args.scale)
+    print(json.dumps([asdict(j) for j in jobs], indent=2))
+    return 0
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from lop.experiments.base import experiments
+
+    for name, spec in sorted(experiments().items()):
+        print(f"{name:20s} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lop", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a group of runs (one job) and write per-run results")
+    src = run.add_argument_group("what to run")
+    src.add_argument("--params", help="params file (default params/<experiment>.yaml)")
+    src.add_argument("--experiment", help="experiment name (uses params/<experiment>.yaml)")
+    src.add_argument("--run-file", help="a YAML run file instead of a params file")
+    src.add_argument("--scale", default="demo", help="smoke | demo | paper (default demo)")
+    src.add_argument("--method", help="method name from the params file")
+    src.add_argument("--setting-id", action="append", help="setting of the method (repeat; default all)")
+    src.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-29 (default: the scale's seeds)")
+    run.add_argument("--out", required=True, help="runs root, e.g. results/runs/<experiment>/<scale>")
+    run.add_argument("--device", help="auto | cpu | cuda (default: params file, else auto)")
+    run.add_argument("--checkpoint-every", type=int, help="checkpoint every N units")
+    run.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least every M minutes")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    run.set_defaults(func=cmd_run)
+
+    params = sub.add_parser("params", help="validate params files and list their jobs")
+    psub = params.add_subparsers(dest="params_command", required=True)
+    val = psub.add_parser("validate", help="validate params files")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_params_validate)
+    jobs = psub.add_parser("jobs", help="print the training jobs of a scale as JSON")
+    jobs.add_argument("file")
+    jobs.add_argument("--scale", default="demo")
+    jobs.set_defaults(func=cmd_params_jobs)
+
+    exps = sub.add_parser("experiments", help="list the experiments")
+    exps.set_defaults(func=cmd_experiments)
+
+    for module in ("lop.data.commands", "lop.analysis.commands"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

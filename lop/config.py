@@ -1,0 +1,237 @@
+"""Typed, validated configuration.
+
+Configs are frozen dataclasses. `from_dict` builds one from plain YAML/JSON data and rejects unknown
+keys, wrong types and impossible values with a `ConfigError` naming the key. `to_dict` is the inverse
+(the fully resolved config written to ``run.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from lop.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against type `tp` (int, float, bool, str, Literal, X | None, tuple, list, dict, dataclass)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(value, options[0], where)
+        for a in options:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(where, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(where, f"expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(where, f"expected a finite number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, f"expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(where, f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(where, f"expected a mapping, got {value!r}")
+        return {_coerce(k, kt, where): _coerce(v, vt, _join(where, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, validating keys, types and `validate()` constraints."""
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, f"expected a mapping of settings, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            _join(where, str(unknown[0])), f"unknown key; known keys are: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        for key, message in validate():
+            raise ConfigError(_join(where, key), message)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able data of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def check(ok: bool, key: str, message: str) -> list[tuple[str, str]]:
+    """One validation result for `validate()` methods."""
+    return [] if ok else [(key, message)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The method configuration shared by every experiment: methods are composable, not subclasses.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CBPConfig:
+    """Continual backpropagation (PROTOCOLS §6)."""
+
+    replacement_rate: float = 1e-4
+    maturity: int = 100
+    decay: float = 0.99
+    utility: Literal["contribution", "adaptable_contribution"] = "contribution"
+    mode: Literal["accumulate", "probabilistic"] = "accumulate"
+    reset_optimizer_state: bool = True
+    bias_correction: bool = False
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(0.0 <= self.replacement_rate <= 1.0, "replacement_rate", "must be within [0, 1]")
+            + check(self.maturity >= 0, "maturity", "must be >= 0")
+            + check(0.0 <= self.decay < 1.0, "decay", "must be within [0, 1)")
+        )
+
+
+@dataclass(frozen=True)
+class ReDoConfig:
+    """ReDo (Sokar et al. 2023): reinitialise units with normalised activation <= threshold."""
+
+    threshold: float = 0.1
+    every: int = 100
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.threshold >= 0, "threshold", "must be >= 0") + check(
+            self.every > 0, "every", "must be > 0"
+        )
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One learning method: optimiser + regularisers + plasticity mechanisms, composable."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    noise_std: float = 0.0
+    cbp: CBPConfig | None = None
+    redo: ReDoConfig | None = None
+    arch: Literal["default", "linear"] = "default"
+    head_reset: bool = False
+    retrain: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.lr > 0, "lr", "step size must be > 0")
+            + check(0.0 <= self.momentum < 1.0, "momentum", "must be within [0, 1)")
+            + check(all(0.0 <= b < 1.0 for b in self.betas), "betas", "each must be within [0, 1)")
+            + check(self.eps > 0, "eps", "must be > 0")
+            + check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+            + check(self.noise_std >= 0, "noise_std", "must be >= 0")
+        )
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """Copy of nested dict `data` with key path ``a.b.c`` set to value."""
+    head, _, rest = dotted.partition(".")
+    out = dict(data)
+    if rest:
+        sub = out.get(head)
+        out[head] = set_dotted(dict(sub) if isinstance(sub, Mapping) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def static_fields(cfg: MethodConfig) -> dict[str, Any]:
+    """The non-numeric part of a method config: runs trained in one batch must agree on it."""
+
+    def walk(d: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if isinstance(d, dict):
+            for k, v in d.items():
+                out.update(walk(v, _join(prefix, k)))
+        elif isinstance(d, bool | str) or d is None:
+            out[prefix] = d
+        return out
+
+    flat = to_dict(cfg)
+    return walk(flat)

@@ -1,0 +1,1 @@
+"""Experiments of the paper; each module defines EXPERIMENT (auto-discovered)."""

@@ -1,0 +1,112 @@
+"""Experiment `scr`: slowly-changing regression (Extended Data Fig. 2), online, batch size 1."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from lop.algos.online import OnlineMLPLearner
+from lop.config import check
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.nets.mlp import BatchedMLP
+from lop.problems.scr import LTUTarget, SlowlyChangingInputs
+from lop.rng import RunStreams
+
+Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "swish", "selu"]
+
+
+@dataclass(frozen=True)
+class SCRProblem:
+    """Problem settings; defaults are the paper's protocol (PROTOCOLS §1)."""
+
+    n_examples: int = 1_000_000
+    flip_every: int = 10_000
+    variant: Literal["one_bit", "resample_all"] = "one_bit"
+    n_slow: int = 15
+    n_fast: int = 5
+    target_hidden: int = 100
+    beta: float = 0.7
+    hidden: int = 5
+    activation: Activation = "relu"
+    init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    bin_size: int = 20_000
+    chunk: int = 10_000
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.n_examples > 0, "n_examples", "must be > 0")
+            + check(self.flip_every > 0, "flip_every", "must be > 0")
+            + check(self.n_slow > 0 and self.n_fast >= 0, "n_slow", "need n_slow > 0 and n_fast >= 0")
+            + check(self.hidden > 0 and self.target_hidden > 0, "hidden", "layer sizes must be > 0")
+            + check(
+                self.bin_size > 0 and self.n_examples % self.bin_size == 0,
+                "bin_size",
+                "must divide n_examples",
+            )
+            + check(self.chunk > 0 and self.bin_size % self.chunk == 0, "chunk", "must divide bin_size")
+        )
+
+
+class SCRTrainer(Trainer):
+    """Unit = one bin of `bin_size` examples; metric `squared_error` = mean over the bin."""
+
+    unit_name = "bin"
+
+    def __init__(self, problem: SCRProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
+        self.p = problem
+        self.streams = RunStreams([r.seed for r in runs], device)
+        m = problem.n_slow + problem.n_fast
+        arch = runs[0].config.arch
+        sizes = [m, 1] if arch == "linear" else [m, problem.hidden, 1]
+        activation = "linear" if arch == "linear" else problem.activation
+        self.net = BatchedMLP(sizes, activation, self.streams, init=problem.init)
+        self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, loss="mse")
+        self.target = LTUTarget(self.streams, m, problem.target_hidden, problem.beta)
+        self.inputs = SlowlyChangingInputs(
+            self.streams, problem.n_slow, problem.n_fast, problem.flip_every, problem.variant
+        )
+        self.n_units = problem.n_examples // problem.bin_size
+        self.diverged = torch.full((len(runs),), -1, dtype=torch.int64, device=device)
+
+    def train_unit(self, unit: int) -> list[MetricBlock]:
+        p = self.p
+        s = self.streams.n
+        t_bin = unit * p.bin_size
+        sq = torch.empty(s, p.bin_size, device=self.streams.device)
+        for c in range(p.bin_size // p.chunk):
+            t0 = t_bin + c * p.chunk
+            x = self.inputs.chunk(t0, p.chunk, t0 // p.chunk)
+            y = self.target(x)
+            for j in range(p.chunk):
+                loss, _ = self.learner.step(t0 + j, x[:, j : j + 1], y[:, j : j + 1])
+                sq[:, c * p.chunk + j] = loss[:, 0]
+        self._track_divergence(sq, t_bin)
+        end = torch.tensor([t_bin + p.bin_size], dtype=torch.int64)
+        return [MetricBlock("squared_error", end, sq.mean(1, keepdim=True))]
+
+    def _track_divergence(self, sq: torch.Tensor, t0: int) -> None:
+        bad = ~torch.isfinite(sq)
+        first = torch.where(bad.any(1), bad.to(torch.int8).argmax(1) + t0, -1)
+        self.diverged = torch.where(self.diverged >= 0, self.diverged, first)
+
+    def diverged_at(self) -> torch.Tensor:
+        return self.diverged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"learner": self.learner.state_dict(), "slow": self.inputs.slow, "diverged": self.diverged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.inputs.slow.copy_(state["slow"])
+        self.diverged.copy_(state["diverged"])
+
+
+EXPERIMENT = ExperimentSpec(
+    name="scr",
+    problem_cls=SCRProblem,
+    build=SCRTrainer,
+    description="Slowly-changing regression (Extended Data Fig. 2)",
+)

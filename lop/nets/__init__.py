@@ -1,0 +1,1 @@
+"""Seed-batched networks: every parameter has a leading run axis S."""

@@ -1,0 +1,322 @@
+"""Params files: an experiment's scales, method grids, seeds and resources, validated as data.
+
+``params/<experiment>.yaml``::
+
+    experiment: scr
+    description: ...
+    methods: {...}            # default method grid for every scale
+    resources: {...}          # default resources
+    scales:
+      smoke: {problem: {...}, seeds: [0, 1], seeds_per_job: 2, pack_settings: true,
+              resources: {...}, methods: {...}}   # methods/resources here replace the defaults
+      demo: ...
+      paper: ...
+
+A method is ``{base: {<MethodConfig keys>}, grid: {<dotted key>: [values...]}}``; its settings are
+the cartesian product of the grid lists. `load_params` validates everything (the problem against
+the experiment's dataclass, every grid point against `MethodConfig`) before any job is planned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
+from lop.errors import ConfigError
+from lop.experiments.base import RunSpec, get_experiment
+
+SCALES = ("smoke", "demo", "paper")
+_SAFE = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one training job needs; Snakemake maps these to local or cluster resources."""
+
+    gpu: int = 0
+    mem_mb: int = 2000
+    runtime: int = 60
+    threads: int = 1
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.gpu >= 0, "gpu", "must be >= 0")
+            + check(self.mem_mb > 0, "mem_mb", "must be > 0")
+            + check(self.runtime > 0, "runtime", "minutes, must be > 0")
+            + check(self.threads > 0, "threads", "must be > 0")
+        )
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    base: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SeedRange:
+    start: int = 0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    problem: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] | SeedRange = field(default_factory=lambda: [0])
+    seeds_per_job: int = 1
+    pack_settings: bool = False
+    device: str = "auto"
+    checkpoint_minutes: float = 10.0
+    resources: Resources | None = None
+    methods: dict[str, MethodSpec] | None = None
+
+
+@dataclass(frozen=True)
+class ParamsFile:
+    experiment: str
+    scales: dict[str, ScaleSpec]
+    description: str = ""
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass(frozen=True)
+class Setting:
+    method: str
+    setting_id: str
+    values: dict[str, Any]
+    config: MethodConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job: runs of one method that train in one process."""
+
+    experiment: str
+    scale: str
+    method: str
+    job_id: str
+    setting_ids: list[str]
+    seeds: list[int]
+    resources: dict[str, int]
+    outputs: list[str]
+    cli_args: list[str]
+    params_path: str
+
+
+@dataclass
+class Params:
+    """A validated params file."""
+
+    path: Path
+    data: ParamsFile
+    problems: dict[str, Any]
+    settings: dict[str, dict[str, list[Setting]]]  # scale -> method -> settings
+
+    @property
+    def experiment(self) -> str:
+        return self.data.experiment
+
+    def scale(self, name: str) -> ScaleSpec:
+        if name not in self.data.scales:
+            raise ConfigError(
+                f"{self.path}:scales", f"no scale {name!r}; defined: {', '.join(self.data.scales)}"
+            )
+        return self.data.scales[name]
+
+    def seeds(self, scale: str) -> list[int]:
+        s = self.scale(scale).seeds
+        return list(range(s.start, s.start + s.count)) if isinstance(s, SeedRange) else list(s)
+
+    def resources(self, scale: str) -> Resources:
+        return self.scale(scale).resources or self.data.resources
+
+    def method_settings(self, scale: str, method: str) -> list[Setting]:
+        methods = self.settings[scale]
+        if method not in methods:
+            raise ConfigError(
+                f"{self.path}:scales.{scale}.methods", f"no method {method!r}; defined: {', '.join(methods)}"
+            )
+        return methods[method]
+
+
+def format_value(v: Any) -> str:
+    """Compact, stable text of a grid value for setting ids (0.01, 1e-05, true, sgd)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return (
+            repr(v)
+            if (v == 0 or 1e-3 <= abs(v) < 1e4)
+            else f"{v:.6g}".replace("e-0", "e-").replace("e+0", "e+")
+        )
+    return str(v)
+
+
+def setting_id(values: Mapping[str, Any]) -> str:
+    """``key=value,key=value`` in key order, or ``default`` for an empty grid."""
+    if not values:
+        return "default"
+    return ",".join(f"{k}={format_value(values[k])}" for k in sorted(values))
+
+
+def _expand_method(where: str, name: str, spec: MethodSpec) -> list[Setting]:
+    for key, values in spec.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.grid.{key}", "must be a non-empty list of values")
+    keys = list(spec.grid)
+    out = []
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        data: dict[str, Any] = dict(spec.base)
+        for k, v in values.items():
+            data = set_dotted(data, k, v)
+        sid = setting_id(values)
+        config = from_dict(MethodConfig, data, f"{where}[{sid}]")
+        if not _SAFE.match(sid):
+            raise ConfigError(f"{where}.grid", f"setting id {sid!r} is not filesystem-safe")
+        out.append(Setting(name, sid, values, config))
+    ids = [s.setting_id for s in out]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}.grid", "grid produces duplicate settings")
+    return out
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raises `ConfigError` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), "params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    where = f"{path}:"
+    data = from_dict(ParamsFile, raw, where.rstrip(":") + ":")
+    spec = get_experiment_checked(data.experiment, f"{path}:experiment")
+    unknown = sorted(set(data.scales) - set(SCALES))
+    if unknown:
+        raise ConfigError(f"{path}:scales.{unknown[0]}", f"unknown scale; use {', '.join(SCALES)}")
+    problems: dict[str, Any] = {}
+    settings: dict[str, dict[str, list[Setting]]] = {}
+    for scale_name, scale in data.scales.items():
+        sw = f"{path}:scales.{scale_name}"
+        problems[scale_name] = from_dict(spec.problem_cls, scale.problem, f"{sw}.problem")
+        seeds = (
+            list(range(scale.seeds.start, scale.seeds.start + scale.seeds.count))
+            if isinstance(scale.seeds, SeedRange)
+            else list(scale.seeds)
+        )
+        if not seeds:
+            raise ConfigError(f"{sw}.seeds", "empty seed list; give at least one seed")
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{sw}.seeds", "seeds must be distinct non-negative integers")
+        if scale.seeds_per_job <= 0:
+            raise ConfigError(f"{sw}.seeds_per_job", "must be > 0")
+        if scale.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"{sw}.device", "must be auto, cpu or cuda")
+        methods = scale.methods if scale.methods is not None else data.methods
+        if not methods:
+            raise ConfigError(f"{sw}.methods", "no methods defined for this scale")
+        settings[scale_name] = {}
+        for mname, mspec in methods.items():
+            if not _SAFE.match(mname):
+                raise ConfigError(f"{sw}.methods.{mname}", "method names may use letters, digits, _ . - only")
+            settings[scale_name][mname] = _expand_method(f"{sw}.methods.{mname}", mname, mspec)
+    return Params(path, data, problems, settings)
+
+
+def get_experiment_checked(name: str, where: str):
+    try:
+        return get_experiment(name)
+    except ConfigError as e:
+        raise ConfigError(where, str(e).split(": ", 1)[-1]) from None
+
+
+def chunks(seq: list[int], size: int) -> list[list[int]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def expand_jobs(params: Params, scale: str) -> list[Job]:
+    """The training jobs of one scale: per method, one job per seed chunk (all settings packed) or
+    per (setting, seed chunk)."""
+    sc = params.scale(scale)
+    res = to_dict(params.resources(scale))
+    seeds = params.seeds(scale)
+    jobs = []
+    for method, settings in params.settings[scale].items():
+        groups = [settings] if sc.pack_settings else [[s] for s in settings]
+        for group in groups:
+            for chunk in chunks(seeds, sc.seeds_per_job):
+                label = "all" if sc.pack_settings and len(settings) > 1 else group[0].setting_id
+                job_id = f"{method}--{label}--seeds-{chunk[0]}-{chunk[-1]}"
+                ids = [s.setting_id for s in group]
+                outputs = [f"{method}/{sid}/seed-{seed}/run.json" for sid in ids for seed in chunk]
+                cli = ["--method", method]
+                for sid in ids:
+                    cli += ["--setting-id", sid]
+                cli += ["--seeds", ",".join(str(s) for s in chunk)]
+                jobs.append(
+                    Job(
+                        params.experiment,
+                        scale,
+                        method,
+                        job_id,
+                        ids,
+                        chunk,
+                        res,
+                        outputs,
+                        cli,
+                        str(params.path),
+                    )
+                )
+    return jobs
+
+
+def select_runs(
+    params: Params, scale: str, method: str, setting_ids: list[str] | None, seeds: list[int]
+) -> list[RunSpec]:
+    """RunSpecs for the CLI's selection (all settings of the method when `setting_ids` is empty)."""
+    settings = params.method_settings(scale, method)
+    by_id = {s.setting_id: s for s in settings}
+    chosen = settings if not setting_ids else []
+    for sid in setting_ids or []:
+        if sid not in by_id:
+            raise ConfigError(
+                f"{params.path}:scales.{scale}.methods.{method}",
+                f"no setting {sid!r}; settings are: {', '.join(by_id)}",
+            )
+        chosen.append(by_id[sid])
+    if not seeds:
+        raise ConfigError("--seeds", "empty seed list; give at least one seed, e.g. --seeds 0,1,2")
+    return [RunSpec(method, s.setting_id, s.values, s.config, seed) for s in chosen for seed in seeds]
+
+
+def list_param_files(folder: str | Path = "params") -> list[Path]:
+    """Experiment params files in `folder` (everything but figures.yaml)."""
+    return sorted(p for p in Path(folder).glob("*.yaml") if p.name != "figures.yaml")
+
+
+def n_runs(params: Params, scale: str) -> int:
+    return len(params.seeds(scale)) * sum(len(v) for v in params.settings[scale].values())
+
+
+__all__ = [
+    "SCALES",
+    "Job",
+    "Params",
+    "Resources",
+    "expand_jobs",
+    "list_param_files",
+    "load_params",
+    "n_runs",
+    "select_runs",
+    "setting_id",
+]

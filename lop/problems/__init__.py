@@ -1,0 +1,1 @@
+"""Problem generators (data streams and targets)."""

@@ -1,0 +1,230 @@
+"""Train a group of runs: checkpoint, resume, and write per-run results (the run contract).
+
+Per run: ``<out>/<method>/<setting_id>/seed-<seed>/metrics.parquet`` (tidy: step, metric, value)
+then ``run.json`` (resolved config, provenance, status). The group checkpoints atomically to
+``<out>/.checkpoints/<group-hash>.pt`` and a re-run after a kill resumes from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from lop.config import to_dict
+from lop.errors import CheckpointError
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable
+from lop.io import atomic_write, device_description, git_commit, load_checkpoint, save_checkpoint, versions
+
+CHECKPOINT_FORMAT = 1
+
+
+def run_dir(out: Path, run: RunSpec) -> Path:
+    return Path(out) / run.method / run.setting_id / f"seed-{run.seed}"
+
+
+def resolved_config(spec: ExperimentSpec, scale: str, problem: Any, run: RunSpec) -> dict[str, Any]:
+    return {
+        "experiment": spec.name,
+        "scale": scale,
+        "problem": to_dict(problem),
+        "method_name": run.method,
+        "setting_id": run.setting_id,
+        "setting": run.setting,
+        "method": to_dict(run.config),
+        "seed": run.seed,
+    }
+
+
+def group_hash(spec: ExperimentSpec, scale: str, problem: Any, runs: Sequence[RunSpec]) -> str:
+    blob = json.dumps([resolved_config(spec, scale, problem, r) for r in runs], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from lop.errors import ConfigError
+
+        raise ConfigError("--device", "CUDA was requested but no GPU is available; use --device cpu")
+    return dev
+
+
+class _Progress:
+    """tqdm on a terminal; one line per interval in log files."""
+
+    def __init__(self, total: int, start: int, label: str, enabled: bool | None, interval_s: float = 30.0):
+        self.total, self.label, self.interval = total, label, interval_s
+        self.tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        self.t0 = self.last = time.monotonic()
+        self.start = start
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=label, unit="unit", dynamic_ncols=True)
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval or done == self.total:
+            rate = (done - self.start) / max(now - self.t0, 1e-9)
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            print(
+                f"[lop] {self.label}: {done}/{self.total} units ({100 * done / self.total:.0f}%), "
+                f"{rate:.3g} units/s, eta {eta:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_complete(path: Path, config: dict[str, Any]) -> bool:
+    rj = path / "run.json"
+    if not rj.exists() or not (path / "metrics.parquet").exists():
+        return False
+    try:
+        data = json.loads(rj.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return data.get("status") in ("complete", "diverged") and data.get("config") == config
+
+
+def run_group(
+    spec: ExperimentSpec,
+    problem: Any,
+    runs: Sequence[RunSpec],
+    out: Path,
+    *,
+    scale: str,
+    device: torch.device,
+    checkpoint_every: int | None = None,
+    checkpoint_minutes: float = 10.0,
+    progress: bool | None = None,
+) -> list[Path]:
+    """Train `runs` together (or resume them) and write their results; returns the run folders."""
+    out = Path(out)
+    configs = [resolved_config(spec, scale, problem, r) for r in runs]
+    dirs = [run_dir(out, r) for r in runs]
+    if all(_is_complete(d, c) for d, c in zip(dirs, configs)):
+        print(f"[lop] all {len(runs)} runs already complete in {out}", file=sys.stderr)
+        return dirs
+    check_packable(runs)
+    ghash = group_hash(spec, scale, problem, runs)
+    ckpt_path = out / ".checkpoints" / f"{ghash}.pt"
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    trainer = spec.build(problem, runs, device)
+    metrics: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    unit, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        if state.get("group_hash") != ghash or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{ckpt_path}: belongs to another run group; delete it to restart")
+        try:
+            trainer.load_state_dict(state["trainer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{ckpt_path}: does not match this run group ({e}); delete it") from e
+        unit, elapsed, started = int(state["unit"]), float(state["elapsed"]), str(state["started"])
+        for name, block in state["metrics"].items():
+            metrics[name] = [(block["steps"], block["values"])]
+        print(f"[lop] resumed from {ckpt_path} at {trainer.unit_name} {unit}", file=sys.stderr)
+
+    crash_after = int(os.environ.get("LOP_CRASH_AFTER_UNIT", "-1"))  # test hook: SIGKILL after unit
+    label = f"{spec.name} {runs[0].method} ({len(runs)} runs)"
+    bar = _Progress(trainer.n_units, unit, label, progress)
+    t_start = time.monotonic()
+    last_ckpt = t_start
+
+    def snapshot(next_unit: int) -> None:
+        merged = {
+            name: {"steps": torch.cat([s for s, _ in blocks]), "values": torch.cat([v for _, v in blocks], 1)}
+            for name, blocks in metrics.items()
+        }
+        for name, m in merged.items():
+            metrics[name] = [(m["steps"], m["values"])]
+        save_checkpoint(
+            ckpt_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "group_hash": ghash,
+                "unit": next_unit,
+                "elapsed": elapsed + time.monotonic() - t_start,
+                "started": started,
+                "trainer": trainer.state_dict(),
+                "metrics": merged,
+            },
+        )
+
+    while unit < trainer.n_units:
+        blocks: list[MetricBlock] = trainer.train_unit(unit)
+        for b in blocks:
+            metrics.setdefault(b.name, []).append((b.steps.detach().cpu(), b.values.detach().cpu()))
+        unit += 1
+        bar.update(unit)
+        now = time.monotonic()
+        due_units = checkpoint_every is not None and unit % checkpoint_every == 0
+        if unit < trainer.n_units and (due_units or now - last_ckpt >= 60.0 * checkpoint_minutes):
+            snapshot(unit)
+            last_ckpt = now
+            if crash_after >= 0 and unit >= crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+    wall = elapsed + time.monotonic() - t_start
+    diverged = trainer.diverged_at().cpu().tolist()
+    finished = datetime.now(UTC).isoformat(timespec="seconds")
+    meta = {
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "device": device_description(device),
+        "wall_time_s": round(wall, 3),
+        "group_size": len(runs),
+        "group_hash": ghash,
+        "started": started,
+        "finished": finished,
+    }
+    for k, (run, path, cfg) in enumerate(zip(runs, dirs, configs)):
+        frames = []
+        for name, parts in metrics.items():
+            steps = torch.cat([s for s, _ in parts]).to(torch.int64).numpy()
+            values = torch.cat([v[k] for _, v in parts]).to(torch.float64).numpy()
+            frames.append(pd.DataFrame({"step": steps, "metric": name, "value": values}))
+        df = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=["step", "metric", "value"])
+        )
+        df["metric"] = df["metric"].astype(str)
+        atomic_write(path / "metrics.parquet", lambda p, df=df: df.to_parquet(p, index=False))
+        record = {
+            "status": "diverged" if diverged[k] >= 0 else "complete",
+            "diverged_at": diverged[k] if diverged[k] >= 0 else None,
+            "experiment": spec.name,
+            "scale": scale,
+            "method": run.method,
+            "setting": run.setting,
+            "setting_id": run.setting_id,
+            "seed": run.seed,
+            "config": cfg,
+            **meta,
+        }
+        atomic_write(path / "run.json", lambda p, r=record: p.write_text(json.dumps(r, indent=2) + "\n"))
+    ckpt_path.unlink(missing_ok=True)
+    return dirs
