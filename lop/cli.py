@@ -53,11 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = get_experiment(params.experiment)
         scale = args.scale
         sc = params.scale(scale)
-        problem = params.problems[scale]
         if not args.method:
             raise ConfigError("--method", f"choose one of: {', '.join(params.settings[scale])}")
         seeds = _seeds(args.seeds) if args.seeds is not None else params.seeds(scale)
-        runs = select_runs(params, scale, args.method, args.setting_id, seeds)
+        problem, runs = select_runs(params, scale, args.method, args.setting_id, seeds)
         device_name = args.device or sc.device
         ckpt_minutes = sc.checkpoint_minutes
     assert all(isinstance(r, RunSpec) for r in runs)

@@ -56,8 +56,12 @@ class Resources:
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A named method preset: `base` MethodConfig keys, `problem` overrides, and a grid whose keys are
+    MethodConfig keys (dotted for nesting, ``cbp.replacement_rate``) or ``problem.<key>``."""
+
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    problem: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Setting:
     setting_id: str
     values: dict[str, Any]
     config: MethodConfig
+    problem: Any
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,9 @@ def setting_id(values: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={format_value(values[k])}" for k in sorted(values))
 
 
-def _expand_method(where: str, name: str, spec: MethodSpec) -> list[Setting]:
+def _expand_method(
+    where: str, name: str, spec: MethodSpec, problem_cls: type, scale_problem: dict[str, Any]
+) -> list[Setting]:
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.grid.{key}", "must be a non-empty list of values")
@@ -176,13 +183,18 @@ def _expand_method(where: str, name: str, spec: MethodSpec) -> list[Setting]:
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         data: dict[str, Any] = dict(spec.base)
+        prob: dict[str, Any] = {**scale_problem, **spec.problem}
         for k, v in values.items():
-            data = set_dotted(data, k, v)
+            if k.startswith("problem."):
+                prob = set_dotted(prob, k.removeprefix("problem."), v)
+            else:
+                data = set_dotted(data, k, v)
         sid = setting_id(values)
         config = from_dict(MethodConfig, data, f"{where}[{sid}]")
+        problem = from_dict(problem_cls, prob, f"{where}[{sid}].problem")
         if not _SAFE.match(sid):
             raise ConfigError(f"{where}.grid", f"setting id {sid!r} is not filesystem-safe")
-        out.append(Setting(name, sid, values, config))
+        out.append(Setting(name, sid, values, config, problem))
     ids = [s.setting_id for s in out]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}.grid", "grid produces duplicate settings")
@@ -229,7 +241,9 @@ def load_params(path: str | Path) -> Params:
         for mname, mspec in methods.items():
             if not _SAFE.match(mname):
                 raise ConfigError(f"{sw}.methods.{mname}", "method names may use letters, digits, _ . - only")
-            settings[scale_name][mname] = _expand_method(f"{sw}.methods.{mname}", mname, mspec)
+            settings[scale_name][mname] = _expand_method(
+                f"{sw}.methods.{mname}", mname, mspec, spec.problem_cls, scale.problem
+            )
     return Params(path, data, problems, settings)
 
 
@@ -252,10 +266,10 @@ def expand_jobs(params: Params, scale: str) -> list[Job]:
     seeds = params.seeds(scale)
     jobs = []
     for method, settings in params.settings[scale].items():
-        groups = [settings] if sc.pack_settings else [[s] for s in settings]
+        groups = _problem_groups(settings) if sc.pack_settings else [[s] for s in settings]
         for group in groups:
             for chunk in chunks(seeds, sc.seeds_per_job):
-                label = "all" if sc.pack_settings and len(settings) > 1 else group[0].setting_id
+                label = group[0].setting_id if len(group) == 1 else f"{group[0].setting_id}+{len(group) - 1}"
                 job_id = f"{method}--{label}--seeds-{chunk[0]}-{chunk[-1]}"
                 ids = [s.setting_id for s in group]
                 outputs = [f"{method}/{sid}/seed-{seed}/run.json" for sid in ids for seed in chunk]
@@ -280,10 +294,19 @@ def expand_jobs(params: Params, scale: str) -> list[Job]:
     return jobs
 
 
+def _problem_groups(settings: list[Setting]) -> list[list[Setting]]:
+    """Settings grouped by identical problem (only those can train in one batch), in file order."""
+    groups: dict[str, list[Setting]] = {}
+    for s in settings:
+        groups.setdefault(repr(to_dict(s.problem)), []).append(s)
+    return list(groups.values())
+
+
 def select_runs(
     params: Params, scale: str, method: str, setting_ids: list[str] | None, seeds: list[int]
-) -> list[RunSpec]:
-    """RunSpecs for the CLI's selection (all settings of the method when `setting_ids` is empty)."""
+) -> tuple[Any, list[RunSpec]]:
+    """(problem, RunSpecs) for the CLI's selection (all settings of the method when `setting_ids` is
+    empty); the selected settings must share one problem."""
     settings = params.method_settings(scale, method)
     by_id = {s.setting_id: s for s in settings}
     chosen = settings if not setting_ids else []
@@ -296,7 +319,12 @@ def select_runs(
         chosen.append(by_id[sid])
     if not seeds:
         raise ConfigError("--seeds", "empty seed list; give at least one seed, e.g. --seeds 0,1,2")
-    return [RunSpec(method, s.setting_id, s.values, s.config, seed) for s in chosen for seed in seeds]
+    if len(_problem_groups(chosen)) != 1:
+        raise ConfigError(
+            "--setting-id", "the selected settings differ in problem settings; run them as separate jobs"
+        )
+    runs = [RunSpec(method, s.setting_id, s.values, s.config, seed) for s in chosen for seed in seeds]
+    return chosen[0].problem, runs
 
 
 def list_param_files(folder: str | Path = "params") -> list[Path]:

@@ -84,7 +84,7 @@ def check_packable(runs: Sequence[RunSpec], where: str = "runs") -> None:
 
 
 def experiments() -> dict[str, ExperimentSpec]:
-    """All experiments: every module of `lop.experiments` that defines ``EXPERIMENT``."""
+    """All experiments: every module of `lop.experiments` with ``EXPERIMENT`` or ``EXPERIMENTS``."""
     import lop.experiments as pkg
 
     found: dict[str, ExperimentSpec] = {}
@@ -92,8 +92,10 @@ def experiments() -> dict[str, ExperimentSpec]:
         if info.name.startswith("_") or info.name == "base":
             continue
         module = importlib.import_module(f"lop.experiments.{info.name}")
-        spec = getattr(module, "EXPERIMENT", None)
-        if isinstance(spec, ExperimentSpec):
+        specs = list(getattr(module, "EXPERIMENTS", []))
+        if isinstance(getattr(module, "EXPERIMENT", None), ExperimentSpec):
+            specs.append(module.EXPERIMENT)
+        for spec in specs:
             found[spec.name] = spec
     return found
 
