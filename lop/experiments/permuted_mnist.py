@@ -1,0 +1,207 @@
+"""Experiment `permuted_mnist`: online permuted MNIST (Extended Data Figs. 3 and 4; PROTOCOLS §2).
+
+Each task is a fresh random permutation of the input pixels and a pass over the examples in a fresh
+random order (both from the run seed); batch size 1, cross-entropy. Online accuracy is the prediction
+on each example *before* the update on it, averaged per task. At the start of every task a probe of
+`probe_examples` examples (the first of the task's order, permuted) measures the internals of each
+hidden layer: dead units, effective rank, approximate rank, and the weight magnitude.
+
+`dataset: digits` swaps MNIST for scikit-learn's embedded 8×8 digits (64 inputs, 1,797 examples): the
+offline "permuted digits" variant used by the demo scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from lop import metrics
+from lop.algos.online import OnlineMLPLearner
+from lop.config import check
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.nets.mlp import BatchedMLP
+from lop.rng import RunStreams
+
+
+@dataclass(frozen=True)
+class PermutedMNISTProblem:
+    """Problem settings; defaults are the paper's protocol (PROTOCOLS §2)."""
+
+    dataset: Literal["mnist", "digits"] = "mnist"
+    data_dir: str = "data/prepared/mnist"
+    n_examples: int = 0  # examples of the dataset used (0 = all: 60,000 MNIST / 1,797 digits)
+    examples_per_task: int = 0  # the "change rate" (0 = one pass over the examples)
+    n_tasks: int = 800
+    width: int = 2000
+    depth: int = 3
+    activation: Literal["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "selu"] = "relu"
+    init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    unit_examples: int = 10_000  # checkpoint granularity; must divide examples_per_task
+    chunk: int = 1_000  # examples gathered at once (memory/speed trade-off only)
+    probe_examples: int = 2000
+    probe_every: int = 1  # tasks between probes (0 = never)
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.n_examples >= 0, "n_examples", "must be >= 0")
+            + check(self.examples_per_task >= 0, "examples_per_task", "must be >= 0")
+            + check(self.n_tasks > 0, "n_tasks", "must be > 0")
+            + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
+            + check(self.unit_examples > 0, "unit_examples", "must be > 0")
+            + check(self.chunk > 0, "chunk", "must be > 0")
+            + check(self.probe_examples > 0 and self.probe_every >= 0, "probe_examples", "must be > 0")
+        )
+
+
+def load_dataset(problem: PermutedMNISTProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32 [N, D] in [0, 1], y int64 [N]) of the configured dataset."""
+    if problem.dataset == "digits":
+        from lop.data.digits import load_digits
+
+        x_np, y_np = load_digits()
+        x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    else:
+        from lop.data.mnist import load_mnist
+
+        d = load_mnist(problem.data_dir)
+        x = torch.from_numpy(d["train_images"]).reshape(len(d["train_images"]), -1).float() / 255.0
+        y = torch.from_numpy(d["train_labels"]).long()
+    if problem.n_examples:
+        if problem.n_examples > len(x):
+            from lop.errors import ConfigError
+
+            raise ConfigError(
+                "problem.n_examples", f"{problem.n_examples} > {len(x)} examples in the dataset"
+            )
+        x, y = x[: problem.n_examples], y[: problem.n_examples]
+    return x, y
+
+
+class PermutedMNISTTrainer(Trainer):
+    """Unit = `unit_examples` online steps (a task is one or more units)."""
+
+    unit_name = "block"
+
+    def __init__(self, problem: PermutedMNISTProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
+        self.p = problem
+        self.device = device
+        self.streams = RunStreams([r.seed for r in runs], device)
+        x, y = load_dataset(problem)
+        self.x, self.y = x.to(device), y.to(device)
+        self.n, self.dim = self.x.shape
+        self.per_task = problem.examples_per_task or self.n
+        self.unit_examples = min(problem.unit_examples, self.per_task)
+        if self.per_task % self.unit_examples:
+            from lop.errors import ConfigError
+
+            raise ConfigError(
+                "problem.unit_examples", f"{self.unit_examples} must divide examples_per_task {self.per_task}"
+            )
+        self.units_per_task = self.per_task // self.unit_examples
+        self.n_units = problem.n_tasks * self.units_per_task
+        arch = runs[0].config.arch
+        sizes = [self.dim, 10] if arch == "linear" else [self.dim] + [problem.width] * problem.depth + [10]
+        self.net = BatchedMLP(sizes, problem.activation, self.streams, init=problem.init)
+        self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, "cross_entropy")
+        s = self.streams.n
+        self.correct = torch.zeros(s, device=device)
+        self.loss_sum = torch.zeros(s, device=device)
+        self.diverged = torch.full((s,), -1, dtype=torch.int64, device=device)
+        self._task_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    # ---- the stream ----------------------------------------------------------------------------
+    def task_stream(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel permutation ``[S, D]``, example order ``[S, per_task]``) of task `task`."""
+        if self._task_cache is not None and self._task_cache[0] == task:
+            return self._task_cache[1], self._task_cache[2]
+        perm = self.streams.permutation("pmnist/pixels", task, self.dim)
+        passes = -(-self.per_task // self.n)
+        order = torch.cat(
+            [self.streams.permutation("pmnist/order", task * 1_000_003 + k, self.n) for k in range(passes)], 1
+        )[:, : self.per_task]
+        self._task_cache = (task, perm, order)
+        return perm, order
+
+    def examples(self, task: int, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Examples [start, start+size) of a task: x ``[S, size, D]`` (permuted), y ``[S, size]``."""
+        perm, order = self.task_stream(task)
+        idx = order[:, start : start + size]
+        x = self.x[idx]  # [S, size, D]
+        x = x.gather(2, perm.unsqueeze(1).expand(-1, size, -1))
+        return x, self.y[idx]
+
+    # ---- training ---------------------------------------------------------------------------------
+    def train_unit(self, unit: int) -> list[MetricBlock]:
+        task, part = divmod(unit, self.units_per_task)
+        blocks: list[MetricBlock] = []
+        p = self.p
+        if part == 0:
+            self.correct.zero_()
+            self.loss_sum.zero_()
+            if p.probe_every and task % p.probe_every == 0:
+                blocks += self.probe(task)
+        t_task0 = task * self.per_task
+        start = part * self.unit_examples
+        end = start + self.unit_examples
+        for c0 in range(start, end, p.chunk):
+            size = min(p.chunk, end - c0)
+            x, y = self.examples(task, c0, size)
+            for j in range(size):
+                loss, out = self.learner.step(t_task0 + c0 + j, x[:, j : j + 1], y[:, j : j + 1])
+                self.correct += (out[:, 0].argmax(-1) == y[:, j]).to(self.correct.dtype)
+                self.loss_sum += loss[:, 0]
+        self._track_divergence(t_task0 + end)
+        if part == self.units_per_task - 1:
+            steps = torch.tensor([task], dtype=torch.int64)
+            blocks.append(MetricBlock("online_accuracy", steps, (self.correct / self.per_task).unsqueeze(1)))
+            blocks.append(MetricBlock("loss", steps, (self.loss_sum / self.per_task).unsqueeze(1)))
+        return blocks
+
+    def _track_divergence(self, step: int) -> None:
+        bad = ~torch.isfinite(self.loss_sum)
+        self.diverged = torch.where((self.diverged < 0) & bad, step, self.diverged)
+
+    @torch.no_grad()
+    def probe(self, task: int) -> list[MetricBlock]:
+        """Internals at the start of `task` on its first `probe_examples` examples (PROTOCOLS §2, §7)."""
+        n = min(self.p.probe_examples, self.per_task)
+        x, _ = self.examples(task, 0, n)
+        _, cache = self.net.forward(x)
+        steps = torch.tensor([task], dtype=torch.int64)
+        out = [
+            MetricBlock("weight_magnitude", steps, metrics.weight_magnitude(self.net.weights).unsqueeze(1))
+        ]
+        for layer, h in enumerate(cache.post, start=1):
+            ranks = metrics.rank_metrics(h)
+            out.append(MetricBlock(f"dead_units/layer{layer}", steps, metrics.dead_units(h).unsqueeze(1)))
+            for name in ("effective_rank", "approximate_rank"):
+                out.append(MetricBlock(f"{name}/layer{layer}", steps, ranks[name].unsqueeze(1)))
+        return out
+
+    def diverged_at(self) -> torch.Tensor:
+        return self.diverged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state_dict(),
+            "correct": self.correct,
+            "loss_sum": self.loss_sum,
+            "diverged": self.diverged,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        for name in ("correct", "loss_sum", "diverged"):
+            getattr(self, name).copy_(state[name])
+
+
+EXPERIMENT = ExperimentSpec(
+    name="permuted_mnist",
+    problem_cls=PermutedMNISTProblem,
+    build=PermutedMNISTTrainer,
+    description="Online permuted MNIST (Extended Data Figs. 3, 4); `dataset: digits` for offline use",
+    needs_data=("mnist",),
+)
