@@ -101,6 +101,18 @@ def experiments() -> dict[str, ExperimentSpec]:
 
 
 def get_experiment(name: str) -> ExperimentSpec:
+    """The experiment `name`; tries the module of the same name first so that a command imports only
+    what it runs (some experiment modules pull in heavy simulators)."""
+    if name.isidentifier():
+        try:
+            module = importlib.import_module(f"lop.experiments.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"lop.experiments.{name}":
+                raise
+        else:
+            spec = getattr(module, "EXPERIMENT", None)
+            if isinstance(spec, ExperimentSpec) and spec.name == name:
+                return spec
     found = experiments()
     if name not in found:
         raise ConfigError("experiment", f"unknown experiment {name!r}; known: {', '.join(sorted(found))}")

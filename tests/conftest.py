@@ -1,0 +1,51 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_lop(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 300):
+    """Run the `lop` CLI in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lop.cli", *args],
+        cwd=str(cwd or REPO),
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+class Result:
+    """Outcome of an in-process CLI call (same fields as CompletedProcess)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def lop_main(capsys):
+    """Call `lop.cli.main` in-process (fast; for commands that fail before training)."""
+    from lop.cli import main
+
+    def call(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return call

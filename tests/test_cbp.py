@@ -1,0 +1,142 @@
+"""Continual backpropagation invariants (PROTOCOLS §6)."""
+
+import math
+
+import pytest
+import torch
+
+from lop.algos.cbp import ContinualBackprop
+from lop.config import CBPConfig, MethodConfig
+from lop.nets.mlp import BatchedMLP
+from lop.nets.units import UnitLayer
+from lop.optim import make_optimizer
+from lop.rng import RunStreams
+
+
+def _setup(rates, maturity=20, mode="accumulate", utility="contribution", sizes=(6, 12, 12, 3), momentum=0.9):
+    streams = RunStreams(list(range(len(rates))))
+    net = BatchedMLP(list(sizes), "relu", streams)
+    opt = make_optimizer(net.parameters(), [MethodConfig(lr=0.01, momentum=momentum)] * len(rates), "cpu")
+    cfgs = [CBPConfig(replacement_rate=r, maturity=maturity, mode=mode, utility=utility) for r in rates]
+    return streams, net, opt, ContinualBackprop(net.unit_layers(), cfgs, streams, opt)
+
+
+def _train_step(t, net, opt, cbp, x):
+    out, cache = net.forward(x)
+    opt.step(net.backward(cache, out - 1.0))
+    cbp.step(t, cache.post)
+    return cache
+
+
+def test_no_replacement_before_maturity():
+    _, net, opt, cbp = _setup([0.5, 1.0], maturity=30)
+    x = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(0))
+    for t in range(30):
+        _train_step(t, net, opt, cbp, x)
+    assert all(int(n.sum()) == 0 for n in cbp.n_replaced)
+    assert all(bool((a == 30).all()) for a in cbp.age)
+    _train_step(30, net, opt, cbp, x)
+    assert sum(int(n.sum()) for n in cbp.n_replaced) > 0
+
+
+@pytest.mark.parametrize("utility", ["contribution", "adaptable_contribution"])
+def test_replaced_units_are_reinitialised(utility):
+    _, net, opt, cbp = _setup([0.05, 0.2], maturity=5, utility=utility)
+    x = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(1))
+    seen = 0
+    for t in range(200):
+        before = [w.clone() for w in net.weights]
+        _train_step(t, net, opt, cbp, x)
+        for i, layer in enumerate(net.unit_layers()):
+            replaced = cbp.age[i] == 0  # ages grow by one each step; replaced units restart at 0
+            if not replaced.any():
+                continue
+            seen += int(replaced.sum())
+            s_idx, u_idx = replaced.nonzero(as_tuple=True)
+            out_w = layer.out_weight[s_idx, :, u_idx]  # [K, m]
+            if i + 1 < len(cbp.age):  # a next-layer unit replaced in the same step has a fresh incoming row
+                fresh_rows = (cbp.age[i + 1] == 0)[s_idx]
+                out_w = out_w[~fresh_rows]
+            assert torch.all(out_w == 0)  # exactly zero after the step
+            assert torch.all(layer.in_bias[s_idx, u_idx] == 0)
+            new_w = layer.in_weight[s_idx, u_idx]
+            assert torch.all(new_w.abs() <= layer.init[1])
+            assert not torch.equal(new_w, before[i][s_idx, u_idx])
+            assert torch.all(cbp.util[i][s_idx, u_idx] == 0)
+            mom_in, mom_out = opt.state_views(layer.in_weight)[0], opt.state_views(layer.out_weight)[0]
+            assert torch.all(mom_in[s_idx, u_idx] == 0) and torch.all(mom_out[s_idx, :, u_idx] == 0)
+    assert seen > 10
+
+
+def test_replaces_lowest_utility_eligible_unit():
+    _streams, net, _opt, cbp = _setup([1.0], maturity=0, sizes=(3, 5, 2))
+    cbp.acc[0].fill_(0.0)
+    cbp.rate.fill_(1.0 / 5)  # exactly one replacement per step with 5 eligible units
+    cbp.util[0].copy_(torch.tensor([[5.0, 1.0, 3.0, 0.5, 4.0]]) * 1e6)
+    cbp.age[0].fill_(1000)
+    cbp.decay.fill_(0.999999)
+    x = torch.rand(1, 1, 3, generator=torch.Generator().manual_seed(2))
+    _out, cache = net.forward(x)
+    cbp.step(0, cache.post)
+    assert int(cbp.age[0][0, 3]) == 0 and int((cbp.age[0] == 0).sum()) == 1
+
+
+@pytest.mark.parametrize("mode", ["accumulate", "probabilistic"])
+def test_long_run_count_matches_rate_times_eligible(mode):
+    rates = [0.01, 0.003]
+    _, net, opt, cbp = _setup(rates, maturity=10, mode=mode, sizes=(6, 40, 3))
+    x = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(3))
+    expected = torch.zeros(2, dtype=torch.float64)
+    for t in range(3000):
+        eligible = (cbp.age[0] + 1 > cbp.maturity.view(-1, 1)).sum(1)
+        expected += torch.tensor(rates, dtype=torch.float64) * eligible
+        _train_step(t, net, opt, cbp, x)
+    got = cbp.n_replaced[0].to(torch.float64)
+    if mode == "accumulate":
+        assert torch.all((got - expected).abs() <= 1.0)
+    else:
+        assert torch.all((got - expected).abs() <= 4 * expected.sqrt() + 2)
+    assert got[0] > 100
+
+
+def test_conv_layer_with_batchnorm_and_bias_correction():
+    s, n, m = 2, 4, 3
+    streams = RunStreams([0, 1])
+    in_w = torch.randn(s, n, 2, 3, 3)
+    in_b = torch.randn(s, n)
+    out_w = torch.randn(s, m, n, 3, 3)
+    out_b = torch.zeros(s, m)
+    bn = {k: torch.randn(s, n) for k in ("weight", "bias", "running_mean", "running_var")}
+    layer = UnitLayer("conv", in_w, in_b, out_w, out_b, ("normal", 0.1), bn)
+    cbp = ContinualBackprop(
+        [layer], [CBPConfig(replacement_rate=1.0, maturity=0, bias_correction=True)] * 2, streams
+    )
+    h = torch.rand(s, 5, n, 6, 6) + 1.0  # positive activations, [S, B, C, H, W]
+    w_before = out_w.clone()
+    cbp.step(0, [h])
+    replaced = cbp.age[0] == 0
+    assert replaced.sum() == 2 * n  # rate 1 with all units eligible replaces every unit
+    assert torch.all(out_w == 0) and torch.all(in_b == 0)
+    assert torch.all(bn["weight"] == 1) and torch.all(bn["bias"] == 0)
+    assert torch.all(bn["running_mean"] == 0) and torch.all(bn["running_var"] == 1)
+    f_hat = h.mean(dim=(1, 3, 4))  # bias-corrected running mean after one step with decay 0.99
+    expected_bias = torch.einsum("smn,sn->sm", w_before.sum(dim=(3, 4)), f_hat)
+    torch.testing.assert_close(out_b, expected_bias, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_with_different_rates_matches_runs_alone():
+    x = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(5))
+    _, net_b, opt_b, cbp_b = _setup([0.0, 0.05], maturity=5)
+    _, net_a, opt_a, cbp_a = _setup([0.0], maturity=5)
+    # run 0 alone (rate 0) vs inside the batch
+    for t in range(100):
+        _train_step(t, net_b, opt_b, cbp_b, x.expand(2, -1, -1))
+        _train_step(t, net_a, opt_a, cbp_a, x)
+    for wb, wa in zip(net_b.weights, net_a.weights):
+        torch.testing.assert_close(wb[0], wa[0], rtol=1e-5, atol=1e-6)
+    assert int(cbp_b.n_replaced[0][1]) > 0 and int(cbp_b.n_replaced[0][0]) == 0
+
+
+def test_k_max_bounds_replacements_per_step():
+    _, _, _, cbp = _setup([0.3], sizes=(6, 10, 3))
+    assert cbp.k_max == [min(10, math.floor(0.3 * 10) + 1)]
