@@ -27,7 +27,7 @@ def test_ltu_target_properties():
 def test_one_bit_flip_every_T_and_resample_variant():
     streams = RunStreams([3, 4])
     gen = SlowlyChangingInputs(streams, n_slow=15, n_fast=5, flip_every=100, variant="one_bit")
-    x = torch.cat([gen.chunk(0, 250, 0), gen.chunk(250, 250, 1)], dim=1)
+    x = torch.cat([gen.chunk(0, 250, 0)[0], gen.chunk(250, 250, 1)[0]], dim=1)
     slow = x[..., :15]
     changes = (slow[:, 1:] != slow[:, :-1]).sum(-1)  # [S, 499]: bits changed between step t and t+1
     for t in range(499):
@@ -36,9 +36,9 @@ def test_one_bit_flip_every_T_and_resample_variant():
     fast = x[..., 15:]
     assert 0.4 < fast.mean() < 0.6 and (fast[:, 1:] != fast[:, :-1]).float().mean() > 0.4
     again = SlowlyChangingInputs(streams, 15, 5, 100, "one_bit")
-    one_chunk = again.chunk(0, 500, 0)
+    one_chunk = again.chunk(0, 500, 0)[0]
     assert torch.equal(one_chunk[..., :15], slow)  # slow bits do not depend on the chunking
-    res = SlowlyChangingInputs(streams, 15, 5, 100, "resample_all").chunk(0, 1000, 0)[..., :15]
+    res = SlowlyChangingInputs(streams, 15, 5, 100, "resample_all").chunk(0, 1000, 0)[0][..., :15]
     changed = (res[:, 1:] != res[:, :-1]).sum(-1)
     assert changed.max() > 1 and torch.all(changed[:, torch.arange(999) % 100 != 99] == 0)
 
@@ -81,3 +81,11 @@ def test_divergence_is_recorded():
     tr.train_unit(0)
     d = tr.diverged_at()
     assert torch.all(d >= 0) and torch.all(d < 1000)
+
+
+def test_target_lookup_table_equals_direct_evaluation():
+    streams = RunStreams([0, 5])
+    target = LTUTarget(streams, 20, 100, 0.7)
+    gen = SlowlyChangingInputs(streams, 15, 5, 300, "one_bit")
+    x, y = gen.chunk(250, 700, 1, target)  # spans changes at 300, 600, 900
+    assert torch.equal(y, target(x))

@@ -149,9 +149,12 @@ class PermutedMNISTTrainer(Trainer):
         for c0 in range(start, end, p.chunk):
             size = min(p.chunk, end - c0)
             x, y = self.examples(task, c0, size)
+            # step-major copies: each step then reads one contiguous [S, ...] block
+            xs = x.transpose(0, 1).contiguous().unsqueeze(2)  # [size, S, 1, D]
+            ys = y.transpose(0, 1).contiguous().unsqueeze(2)  # [size, S, 1]
             for j in range(size):
-                loss, out = self.learner.step(t_task0 + c0 + j, x[:, j : j + 1], y[:, j : j + 1])
-                self.correct += (out[:, 0].argmax(-1) == y[:, j]).to(self.correct.dtype)
+                loss, out = self.learner.step(t_task0 + c0 + j, xs[j], ys[j])
+                self.correct += out[:, 0].argmax(-1) == ys[j, :, 0]
                 self.loss_sum += loss[:, 0]
         self._track_divergence(t_task0 + end)
         if part == self.units_per_task - 1:

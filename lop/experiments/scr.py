@@ -75,14 +75,17 @@ class SCRTrainer(Trainer):
         p = self.p
         s = self.streams.n
         t_bin = unit * p.bin_size
-        sq = torch.empty(s, p.bin_size, device=self.streams.device)
+        sq = torch.empty(p.bin_size, s, device=self.streams.device)
         for c in range(p.bin_size // p.chunk):
             t0 = t_bin + c * p.chunk
-            x = self.inputs.chunk(t0, p.chunk, t0 // p.chunk)
-            y = self.target(x)
+            x, y = self.inputs.chunk(t0, p.chunk, t0 // p.chunk, self.target)
+            # step-major copies: each step then reads one contiguous [S, ...] block
+            xs = x.transpose(0, 1).contiguous().unsqueeze(2)  # [C, S, 1, m]
+            ys = y.transpose(0, 1).contiguous().unsqueeze(2)  # [C, S, 1]
             for j in range(p.chunk):
-                loss, _ = self.learner.step(t0 + j, x[:, j : j + 1], y[:, j : j + 1])
-                sq[:, c * p.chunk + j] = loss[:, 0]
+                loss, _ = self.learner.step(t0 + j, xs[j], ys[j])
+                sq[c * p.chunk + j] = loss[:, 0]
+        sq = sq.transpose(0, 1)
         self._track_divergence(sq, t_bin)
         end = torch.tensor([t_bin + p.bin_size], dtype=torch.int64)
         return [MetricBlock("squared_error", end, sq.mean(1, keepdim=True))]

@@ -40,9 +40,18 @@ class LTUTarget:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[S, C, m]`` -> targets ``[S, C]``."""
-        pre = torch.baddbmm(self.b.unsqueeze(1), x, self.w.transpose(1, 2))
-        ltu = (pre > self.theta.unsqueeze(1)).to(x.dtype)
-        return (ltu * self.v.unsqueeze(1)).sum(-1) + self.c.unsqueeze(1)
+        pre = torch.baddbmm((self.b - self.theta).unsqueeze(1), x, self.w.transpose(1, 2))
+        ltu = (pre > 0).to(x.dtype)
+        return torch.bmm(ltu, self.v.unsqueeze(-1)).squeeze(-1) + self.c.unsqueeze(1)
+
+    def table(self, slow: torch.Tensor, n_fast: int) -> torch.Tensor:
+        """Targets ``[S, 2**n_fast]`` for slow bits ``[S, n_slow]`` and every fast-bit pattern (bit j
+        of the pattern index = fast bit j): while the slow bits are constant, the target is a lookup."""
+        codes = torch.arange(2**n_fast, device=slow.device)
+        fast = ((codes.unsqueeze(1) >> torch.arange(n_fast, device=slow.device)) & 1).to(slow.dtype)
+        s = slow.shape[0]
+        x = torch.cat([slow.unsqueeze(1).expand(s, len(codes), -1), fast.unsqueeze(0).expand(s, -1, -1)], -1)
+        return self(x)
 
 
 class SlowlyChangingInputs:
@@ -61,14 +70,34 @@ class SlowlyChangingInputs:
         else:
             self.slow = (self.streams.bits("scr/slow", k, self.n_slow) & 1).to(torch.float32)
 
-    def chunk(self, t0: int, size: int, counter: int) -> torch.Tensor:
-        """Inputs of steps [t0, t0 + size) as ``[S, size, n_slow + n_fast]``; advances the slow state."""
+    def chunk(
+        self, t0: int, size: int, counter: int, target: LTUTarget | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs of steps [t0, t0 + size) as ``[S, size, n_slow + n_fast]`` (advancing the slow state)
+        and, if `target` is given, their targets ``[S, size]``, looked up per constant-slow segment."""
         s = self.streams.n
         fast = (self.streams.uniform("scr/fast", counter, (size, self.n_fast)) < 0.5).to(torch.float32)
         slow = self.slow.unsqueeze(1).expand(s, size, self.n_slow).clone()
-        first = -(-t0 // self.flip_every) * self.flip_every
-        first = max(first, self.flip_every)
-        for b in range(first, t0 + size, self.flip_every):
-            self._change(b // self.flip_every)
-            slow[:, b - t0 :] = self.slow.unsqueeze(1)
-        return torch.cat([slow, fast], dim=-1)
+        first = max(-(-t0 // self.flip_every) * self.flip_every, self.flip_every)
+        bounds = list(range(first, t0 + size, self.flip_every))
+        use_table = target is not None and self.n_fast <= 10
+        y = torch.empty(s, size, device=fast.device) if use_table else None
+        code = (
+            (fast * (2 ** torch.arange(self.n_fast, device=fast.device))).sum(-1).long()
+            if use_table
+            else None
+        )
+        starts = [t0, *bounds]
+        for i, a in enumerate(starts):
+            if i > 0:
+                self._change(a // self.flip_every)
+                slow[:, a - t0 :] = self.slow.unsqueeze(1)
+            if use_table:
+                b = starts[i + 1] if i + 1 < len(starts) else t0 + size
+                y[:, a - t0 : b - t0] = target.table(self.slow, self.n_fast).gather(
+                    1, code[:, a - t0 : b - t0]
+                )
+        x = torch.cat([slow, fast], dim=-1)
+        if target is not None and not use_table:
+            y = target(x)
+        return x, y
