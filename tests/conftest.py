@@ -49,3 +49,14 @@ def lop_main(capsys):
         return Result(code, captured.out, captured.err)
 
     return call
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small-tensor tests run faster (and steadier on shared cores) on one intra-op thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
