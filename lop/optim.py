@@ -100,9 +100,13 @@ class BatchedSGD(BatchedOptimizer):
 
 
 class BatchedAdam(BatchedOptimizer):
-    """Adam (Kingma & Ba 2015) with per-element step counts for the bias corrections."""
+    """Adam (Kingma & Ba 2015) with per-element bias corrections.
 
-    state_names = ("exp_avg", "exp_avg_sq", "step")
+    ``corr1 = 1 − β1^t`` and ``corr2 = 1 − β2^t`` are kept per element as running products
+    (c ← β·c + (1 − β)), so resetting an element's state to 0 restarts it at t = 0.
+    """
+
+    state_names = ("exp_avg", "exp_avg_sq", "corr1", "corr2")
 
     def __init__(
         self,
@@ -119,13 +123,12 @@ class BatchedAdam(BatchedOptimizer):
     def _update(self, i: int, p: torch.Tensor, g: torch.Tensor) -> None:
         st = self.state[i]
         b1, b2 = _bcast(self.beta1, p), _bcast(self.beta2, p)
-        st["step"].add_(1.0)
         st["exp_avg"].lerp_(g, 1.0 - b1)
         st["exp_avg_sq"].mul_(b2).add_(g * g * (1.0 - b2))
-        corr1 = 1.0 - b1 ** st["step"]
-        corr2 = 1.0 - b2 ** st["step"]
-        denom = (st["exp_avg_sq"] / corr2).sqrt_().add_(_bcast(self.eps, p))
-        p.sub_(_bcast(self.lr, p) * (st["exp_avg"] / corr1) / denom)
+        st["corr1"].mul_(b1).add_(1.0 - b1)
+        st["corr2"].mul_(b2).add_(1.0 - b2)
+        denom = (st["exp_avg_sq"] / st["corr2"]).sqrt_().add_(_bcast(self.eps, p))
+        p.sub_(_bcast(self.lr, p) * (st["exp_avg"] / st["corr1"]) / denom)
 
 
 def make_optimizer(

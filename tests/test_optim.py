@@ -65,7 +65,7 @@ def test_state_views_mirror_a_view_of_a_parameter():
     opt.step([torch.ones_like(w)])
     view = w.view(2, 3, 4, 2)
     states = opt.state_views(view)
-    assert len(states) == 3
+    assert len(states) == 4
     states[0][1, 2, 3, 1] = 42.0
     assert opt.state[0]["exp_avg"][1, 2, 7] == 42.0
 

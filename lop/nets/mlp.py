@@ -51,6 +51,8 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     batched matmuls are dominated by per-matrix overhead)."""
     if h.shape[1] == 1 and w.shape[1] * w.shape[2] <= SMALL_LAYER:
         return (w * h).sum(-1).add_(b).unsqueeze(1)
+    if w.shape[1] == 1:  # one output column: bmm rounds differently for S = 1, breaking batch independence
+        return (h * w).sum(-1, keepdim=True).add_(b.unsqueeze(1))
     return batched_linear(h, w, b)
 
 

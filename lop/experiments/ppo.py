@@ -1,0 +1,299 @@
+"""Experiments `ppo_slippery_ant` (Fig. 3), `ppo_ant` (Fig. 4), `ppo_mujoco` (Extended Data Fig. 5).
+
+PPO (PROTOCOLS §5) on MuJoCo environments, S runs per process. A unit is one PPO update
+(``rollout`` env steps per run, then ``epochs`` × ``rollout/minibatch`` Adam steps). Metrics, all at
+step = the env steps of each run at the update's end:
+
+* every update: ``episode_return`` (mean undiscounted return of the episodes that ended during the
+  update, NaN if none), ``episodes`` (their number), ``loss/policy``, ``loss/value`` (means over the
+  update's minibatches), and ``friction`` (slippery Ant: the floor friction at the update's end);
+* every ``internals_every`` updates: ``dormant_units/policy`` and ``dormant_units/value`` (fraction of
+  hidden units active, h > 0, on ≤ 1% of the last ``probe_steps`` steps of the rollout, as the nets
+  that acted on them), ``abs_approximate_rank/policy`` (the reference's 99% "stable rank" of the
+  policy's last hidden layer on those steps), ``weight_magnitude/policy`` / ``/value`` (mean |w| of the
+  weights and biases after the update), ``weight_change/policy`` / ``/value`` (mean |Δw| over the
+  update), and ``cbp_replaced`` (CBP: units replaced so far, both nets) where used;
+* at every ReDo reset point (every ``redo.every`` updates): ``redo_reset`` (units reset then).
+
+A run whose loss becomes non-finite is marked diverged at that update's end step; its actions are
+replaced by 0 from then on (so the other runs of the batch carry on) and its later episode metrics
+are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+
+from lop import metrics
+from lop.config import check
+from lop.envs import BatchedEnvs, EnvConfig
+from lop.errors import ConfigError
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.rl.agent import GaussianAgent
+from lop.rl.ppo import PPOLearner, PPOSettings, UpdateResult, collect_rollout
+from lop.rng import RunStreams
+
+EnvName = Literal["ant", "slippery_ant", "hopper", "walker2d"]
+_ENV_KEYS = {f.name for f in fields(EnvConfig)} - {"name"}
+
+
+@dataclass(frozen=True)
+class PPOProblem:
+    """Problem settings of the PPO experiments; defaults are PROTOCOLS §5 (subclasses set env/steps).
+
+    Environment (`lop.envs.EnvConfig`): ``env``, ``max_episode_steps``, ``friction_low``/``high``,
+    ``change_every``, ``friction_mix``, ``clip_actions``, ``sim_kwargs``. PPO: ``total_steps`` per run
+    (the last update may overshoot: ⌈total/rollout⌉ updates), ``rollout``, ``epochs``, ``minibatch``
+    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``. Agent: ``hidden`` sizes,
+    ``log_std_init``. Internals: every ``internals_every`` updates on the last ``probe_steps`` steps,
+    dormant = active on ≤ ``dormant_threshold`` of them, rank threshold ``rank_threshold``.
+    """
+
+    env: EnvName = "ant"
+    max_episode_steps: int = 1000
+    friction_low: float = 0.02
+    friction_high: float = 2.0
+    change_every: int = 2_000_000
+    friction_mix: Literal["max", "floor"] = "max"
+    clip_actions: bool = False
+    sim_kwargs: dict[str, Any] = field(default_factory=dict)
+    total_steps: int = 50_000_000
+    rollout: int = 2048
+    epochs: int = 10
+    minibatch: int = 128
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 1.0
+    hidden: tuple[int, ...] = (256, 256)
+    log_std_init: float = 0.0
+    internals_every: int = 10
+    probe_steps: int = 1000
+    dormant_threshold: float = 0.01
+    rank_threshold: float = 0.99
+
+    def env_config(self) -> EnvConfig:
+        """The `EnvConfig` of these settings (raises `ConfigError` keyed ``env.<field>``)."""
+        return EnvConfig(name=self.env, **{k: getattr(self, k) for k in _ENV_KEYS})
+
+    def ppo_settings(self) -> PPOSettings:
+        return PPOSettings(
+            self.rollout, self.epochs, self.minibatch, self.gamma, self.lam, self.clip, self.value_coef
+        )
+
+    @property
+    def n_updates(self) -> int:
+        return math.ceil(self.total_steps / self.rollout)
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = (
+            check(self.total_steps > 0, "total_steps", "must be > 0")
+            + check(self.rollout > 0, "rollout", "env steps per update must be > 0")
+            + check(self.epochs > 0, "epochs", "must be > 0")
+            + check(self.minibatch > 0, "minibatch", "must be > 0")
+            + check(
+                self.rollout <= 0 or self.minibatch <= 0 or self.rollout % self.minibatch == 0,
+                "minibatch",
+                f"must divide the rollout ({self.rollout} steps); e.g. 128 for 2048",
+            )
+            + check(0.0 < self.gamma <= 1.0, "gamma", "must be within (0, 1]")
+            + check(0.0 <= self.lam <= 1.0, "lam", "must be within [0, 1]")
+            + check(self.clip > 0.0, "clip", "must be > 0")
+            + check(self.value_coef >= 0.0, "value_coef", "must be >= 0")
+            + check(
+                len(self.hidden) > 0 and all(h > 0 for h in self.hidden),
+                "hidden",
+                "need >= 1 layer, sizes > 0",
+            )
+            + check(self.internals_every > 0, "internals_every", "must be > 0")
+            + check(
+                0 < self.probe_steps <= max(self.rollout, 1),
+                "probe_steps",
+                f"must be within [1, rollout={self.rollout}]",
+            )
+            + check(0.0 <= self.dormant_threshold <= 1.0, "dormant_threshold", "must be within [0, 1]")
+            + check(0.0 < self.rank_threshold <= 1.0, "rank_threshold", "must be within (0, 1]")
+        )
+        return errors + self._env_errors()
+
+    def _env_errors(self) -> list[tuple[str, str]]:
+        try:
+            config = self.env_config()
+        except ConfigError as e:
+            key = e.where.removeprefix("env.")
+            key = "env" if key == "name" else key
+            return [(key, str(e).removeprefix(f"{e.where}: "))]
+        from lop.envs.mujoco_envs import _sim_class, _sim_kwargs
+
+        try:
+            _sim_kwargs(config, _sim_class(config.name))
+        except ConfigError as e:
+            return [("sim_kwargs", str(e).removeprefix(f"{e.where}: "))]
+        return []
+
+
+@dataclass(frozen=True)
+class SlipperyAntProblem(PPOProblem):
+    """Fig. 3: slippery Ant, friction redrawn every 2M steps, 20M steps per run."""
+
+    env: EnvName = "slippery_ant"
+    total_steps: int = 20_000_000
+
+
+@dataclass(frozen=True)
+class AntProblem(PPOProblem):
+    """Fig. 4: stationary Ant, 50M steps per run."""
+
+    env: EnvName = "ant"
+    total_steps: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class MujocoProblem(PPOProblem):
+    """Extended Data Fig. 5: Hopper / Walker2d (``env``), 50M steps (the length PROTOCOLS leaves open)."""
+
+    env: EnvName = "hopper"
+    total_steps: int = 50_000_000
+
+
+class PPOTrainer(Trainer):
+    """Unit = one PPO update of all S runs (simulators stepped together, one batched learner)."""
+
+    unit_name = "update"
+
+    def __init__(self, problem: PPOProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
+        self.p = problem
+        seeds = [r.seed for r in runs]
+        self.streams = RunStreams(seeds, device)
+        self.envs = BatchedEnvs(problem.env_config(), seeds)
+        self.envs.reset()
+        self.agent = GaussianAgent(
+            self.envs.obs_dim, self.envs.act_dim, problem.hidden, self.streams, problem.log_std_init
+        )
+        self.learner = PPOLearner(self.agent, [r.config for r in runs], self.streams, problem.ppo_settings())
+        self.n_units = problem.n_updates
+        self.diverged = torch.full((len(runs),), -1, dtype=torch.int64, device=device)
+
+    # ------------------------------------------------------------------------------------------
+    def train_unit(self, unit: int) -> list[MetricBlock]:
+        p = self.p
+        agent, learner = self.agent, self.learner
+        internals = (unit + 1) % p.internals_every == 0
+        before: list[torch.Tensor] = []
+        if internals:
+            before = [t.detach().clone() for t in (*agent.policy.parameters(), *agent.value.parameters())]
+        ro = collect_rollout(agent, self.envs, self.streams, unit, p.rollout)
+        res = learner.update(ro, unit)
+        end = (unit + 1) * p.rollout
+        acted_diverged = (self.diverged >= 0).cpu()  # this rollout came from a non-finite policy
+        self.diverged = torch.where(
+            (self.diverged < 0) & res.nonfinite, torch.full_like(self.diverged, end), self.diverged
+        )
+        redo_masks = learner.redo_step(unit + 1, ro.obs[:, -p.probe_steps :])
+        steps = torch.tensor([end], dtype=torch.int64)
+        blocks = self._episode_blocks(steps, acted_diverged)
+        blocks += [
+            MetricBlock("loss/policy", steps, res.policy_loss.view(-1, 1)),
+            MetricBlock("loss/value", steps, res.value_loss.view(-1, 1)),
+        ]
+        if self.envs.config.slippery:
+            blocks.append(MetricBlock("friction", steps, self.envs.frictions.view(-1, 1)))
+        if internals:
+            blocks += self._internal_blocks(steps, res, before)
+        if redo_masks is not None:
+            total = sum(m.sum(1) for m in redo_masks)
+            blocks.append(MetricBlock("redo_reset", steps, total.view(-1, 1).to(torch.float64)))
+        return blocks
+
+    def _episode_blocks(self, steps: torch.Tensor, diverged: torch.Tensor) -> list[MetricBlock]:
+        """Mean return and count of the episodes that ended during the update, per run (NaN for runs
+        that acted with an already diverged policy)."""
+        s = self.envs.n
+        episodes = self.envs.pop_episodes()
+        total = torch.zeros(s, dtype=torch.float64)
+        count = torch.zeros(s, dtype=torch.float64)
+        if episodes:
+            runs = torch.tensor([e.run for e in episodes], dtype=torch.int64)
+            total.index_add_(0, runs, torch.tensor([e.ret for e in episodes], dtype=torch.float64))
+            count.index_add_(0, runs, torch.ones(len(episodes), dtype=torch.float64))
+        mean = torch.where(count > 0, total / count.clamp(min=1.0), torch.full_like(total, math.nan))
+        mean = torch.where(diverged, math.nan, mean)
+        count = torch.where(diverged, math.nan, count)
+        return [
+            MetricBlock("episode_return", steps, mean.view(-1, 1)),
+            MetricBlock("episodes", steps, count.view(-1, 1)),
+        ]
+
+    @torch.no_grad()
+    def _internal_blocks(
+        self, steps: torch.Tensor, res: UpdateResult, before: list[torch.Tensor]
+    ) -> list[MetricBlock]:
+        p, agent = self.p, self.agent
+        k = p.probe_steps
+        pol_h = [h[:, -k:] for h in res.policy_hidden]
+        val_h = [h[:, -k:] for h in res.value_hidden]
+        n_pol = 2 * len(agent.policy.weights)
+        pol_after = [t.detach() for t in agent.policy.parameters()]
+        val_after = [t.detach() for t in agent.value.parameters()]
+        values = {
+            "dormant_units/policy": metrics.dormant_units(
+                torch.cat(pol_h, 2), p.dormant_threshold, strict=False
+            ),
+            "dormant_units/value": metrics.dormant_units(
+                torch.cat(val_h, 2), p.dormant_threshold, strict=False
+            ),
+            "abs_approximate_rank/policy": metrics.abs_approximate_rank(pol_h[-1], p.rank_threshold),
+            "weight_magnitude/policy": metrics.weight_magnitude(pol_after),
+            "weight_magnitude/value": metrics.weight_magnitude(val_after),
+            "weight_change/policy": metrics.weight_change(before[:n_pol], pol_after),
+            "weight_change/value": metrics.weight_change(before[n_pol:], val_after),
+        }
+        if self.learner.cbp is not None:
+            values["cbp_replaced"] = sum(n.to(torch.float64) for n in self.learner.cbp.n_replaced)
+        return [
+            MetricBlock(name, steps, v.detach().cpu().to(torch.float64).view(-1, 1))
+            for name, v in values.items()
+        ]
+
+    # ------------------------------------------------------------------------------------------
+    def diverged_at(self) -> torch.Tensor:
+        return self.diverged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state_dict(),
+            "envs": self.envs.state_dict(),
+            "diverged": self.diverged,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.envs.load_state_dict(state["envs"])
+        self.diverged.copy_(state["diverged"])
+
+
+EXPERIMENTS = [
+    ExperimentSpec(
+        name="ppo_slippery_ant",
+        problem_cls=SlipperyAntProblem,
+        build=PPOTrainer,
+        description="PPO on slippery Ant, friction changes every 2M steps (Fig. 3)",
+    ),
+    ExperimentSpec(
+        name="ppo_ant",
+        problem_cls=AntProblem,
+        build=PPOTrainer,
+        description="PPO on Ant for 50M steps: loss of plasticity and internals (Fig. 4)",
+    ),
+    ExperimentSpec(
+        name="ppo_mujoco",
+        problem_cls=MujocoProblem,
+        build=PPOTrainer,
+        description="PPO on Hopper / Walker2d (Extended Data Fig. 5a)",
+    ),
+]

@@ -1,0 +1,278 @@
+"""PPO (Schulman et al. 2017) for a batch of S runs, as PROTOCOLS §5 specifies it.
+
+One update = `collect_rollout` (``rollout`` env steps per run with the current policy) and
+`PPOLearner.update`: GAE(γ, λ) advantages standardised per run, then ``epochs`` passes over the
+rollout in minibatches of ``minibatch`` steps (a fresh per-run shuffle per epoch from stream
+``"ppo/minibatch"`` at counter ``update·epochs + epoch``), each one Adam step (gradients by the
+nets' hand-written backward, `ppo_loss_grads`) on
+
+    L = L_clip(ε) + c_v · mean (V(s) − R)²        (PPO eq. 7 + value loss, no entropy bonus)
+
+over the policy, its log-std and the value net together. No observation/reward normalisation, no
+gradient clipping. All S runs share one forward/backward per minibatch (each run's gradient comes from
+its own rows only). After every Adam step, continual backprop (if configured) sees the minibatch's
+hidden activations of both nets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from lop.algos.cbp import ContinualBackprop
+from lop.algos.redo import ReDo
+from lop.config import MethodConfig
+from lop.envs import BatchedEnvs
+from lop.errors import ConfigError
+from lop.optim import make_optimizer
+from lop.rl.agent import GaussianAgent
+from lop.rl.ppo_math import gae, gaussian_log_prob, ppo_clip_loss, standardize
+from lop.rng import RunStreams
+
+ACTION_STREAM = "ppo/action"
+MINIBATCH_STREAM = "ppo/minibatch"
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO hyperparameters shared by the runs of a batch (PROTOCOLS §5 defaults)."""
+
+    rollout: int = 2048
+    epochs: int = 10
+    minibatch: int = 128
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rollout <= 0 or self.epochs <= 0 or self.minibatch <= 0:
+            raise ConfigError("ppo", "rollout, epochs and minibatch must be positive")
+        if self.rollout % self.minibatch:
+            raise ConfigError("minibatch", f"{self.minibatch} does not divide the rollout {self.rollout}")
+
+
+class Rollout(NamedTuple):
+    """``rollout`` steps of S runs, tensors ``[S, T, ...]`` on the learner's device."""
+
+    obs: torch.Tensor  # [S, T, D] observation acted on
+    actions: torch.Tensor  # [S, T, A] actions taken (unclipped samples of the policy)
+    rewards: torch.Tensor  # [S, T]
+    terminated: torch.Tensor  # [S, T] 1.0 where the episode terminated (no bootstrap)
+    ends: torch.Tensor  # [S, T] 1.0 where the episode ended (terminated or truncated)
+    final_obs: torch.Tensor  # [S, T, D] observation the step produced (before any auto-reset)
+
+
+@torch.no_grad()
+def collect_rollout(
+    agent: GaussianAgent, envs: BatchedEnvs, streams: RunStreams, counter: int, steps: int
+) -> Rollout:
+    """Run every env ``steps`` steps with a ~ N(μ(s), σ²): ε from stream ``"ppo/action"`` at ``counter``.
+
+    Non-finite actions (a diverged run) are replaced by 0 so the simulator never sees NaN. Buffers
+    are filled on the CPU (the simulators' side, through numpy: cheaper per step than tensor
+    indexing) and moved to the agent's device once.
+    """
+    device = streams.device
+    s, d, a = envs.n, envs.obs_dim, envs.act_dim
+    noise = streams.normal(ACTION_STREAM, counter, (steps, a)).transpose(0, 1).contiguous()  # [T, S, A]
+    obs_buf = np.empty((steps, s, d), dtype=np.float32)
+    fin_buf = np.empty((steps, s, d), dtype=np.float32)
+    act_buf = np.empty((steps, s, a), dtype=np.float32)
+    rew_buf = np.empty((steps, s), dtype=np.float32)
+    term_buf = np.empty((steps, s), dtype=np.float32)
+    trunc_buf = np.empty((steps, s), dtype=np.float32)
+    std = agent.log_std.exp()
+    obs = envs.obs
+    on_cpu = device.type == "cpu"
+    for t in range(steps):
+        obs_buf[t] = obs.numpy()
+        action = agent.act(obs if on_cpu else obs.to(device), noise[t], std)
+        action = torch.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)
+        if not on_cpu:
+            action = action.cpu()
+        act_buf[t] = action.numpy()
+        res = envs.step(action)
+        fin_buf[t] = res.final_obs.numpy()
+        rew_buf[t] = res.reward.numpy()
+        term_buf[t] = res.terminated.numpy()
+        trunc_buf[t] = res.truncated.numpy()
+        obs = res.obs
+
+    def out(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x.swapaxes(0, 1))).to(device)
+
+    ends = np.maximum(term_buf, trunc_buf)
+    return Rollout(out(obs_buf), out(act_buf), out(rew_buf), out(term_buf), out(ends), out(fin_buf))
+
+
+def ppo_loss_grads(
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+    actions: torch.Tensor,
+    logp_old: torch.Tensor,
+    adv: torch.Tensor,
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    clip: float,
+    value_coef: float,
+) -> tuple[torch.Tensor, ...]:
+    """Per-run losses and their gradients for one minibatch (hand-derived; equal to autograd's).
+
+    Inputs ``[S, B, A]`` (mean, actions), ``[S, A]`` (log_std), ``[S, B]`` (the rest). With
+    r = exp(log π − log π_old), z = (a − μ)/σ and g_t = ∂L_clip/∂log π_t = −A_t r_t [active_t] / B,
+    active_t = (A_t ≥ 0 and r_t ≤ 1 + ε) or (A_t < 0 and r_t ≥ 1 − ε) (the unclipped branch of eq. 7):
+
+        ∂L/∂μ = g_t z / σ,   ∂L/∂log σ = Σ_t g_t (z² − 1),   ∂L/∂V = 2 c_v (V − R) / B.
+
+    Returns (L_clip ``[S]``, L_v ``[S]``, ∂L/∂μ ``[S, B, A]``, ∂L/∂log σ ``[S, A]``, ∂L/∂V ``[S, B, 1]``),
+    L = L_clip + c_v L_v.
+    """
+    b = mean.shape[1]
+    inv_std = torch.exp(-log_std).unsqueeze(1)  # [S, 1, A]
+    z = (actions - mean) * inv_std
+    logp = gaussian_log_prob(mean, log_std, actions)
+    ratio = torch.exp(logp - logp_old)
+    lp = ppo_clip_loss(logp, logp_old, adv, clip)
+    active = torch.where(adv >= 0, ratio <= 1.0 + clip, ratio >= 1.0 - clip)
+    g = torch.where(active, adv * ratio, torch.zeros_like(ratio)) * (-1.0 / b)  # [S, B]
+    g3 = g.unsqueeze(-1)
+    g_mean = g3 * z * inv_std
+    g_log_std = (g3 * (z.square() - 1.0)).sum(1)
+    err = values - returns
+    lv = err.square().mean(1)
+    g_v = (err * (2.0 * value_coef / b)).unsqueeze(-1)
+    return lp, lv, g_mean, g_log_std, g_v
+
+
+class UpdateResult(NamedTuple):
+    """Per-run summaries of one PPO update (``[S]`` tensors) and the rollout's hidden activations."""
+
+    policy_loss: torch.Tensor  # mean clipped-surrogate loss over the update's minibatches
+    value_loss: torch.Tensor  # mean value loss over the minibatches
+    nonfinite: torch.Tensor  # bool: some minibatch loss was NaN/inf
+    policy_hidden: list[torch.Tensor]  # [S, T, units] per hidden layer, policy that collected the rollout
+    value_hidden: list[torch.Tensor]  # [S, T, units] per hidden layer, value net before the update
+
+
+class PPOLearner:
+    """Adam over the agent, PPO updates, and the plasticity mechanisms (L2 in Adam, CBP, ReDo)."""
+
+    def __init__(
+        self,
+        agent: GaussianAgent,
+        methods: Sequence[MethodConfig],
+        streams: RunStreams,
+        settings: PPOSettings,
+    ) -> None:
+        if len(methods) != streams.n:
+            raise ValueError(f"need one method config per run ({streams.n}), got {len(methods)}")
+        self.agent = agent
+        self.streams = streams
+        self.settings = settings
+        self.optimizer = make_optimizer([agent.flat], methods, streams.device)
+        policy_layers, value_layers = agent.unit_layers()
+        layers = policy_layers + value_layers
+        self.cbp: ContinualBackprop | None = None
+        self.redo: ReDo | None = None
+        cbp_cfgs = [m.cbp for m in methods]
+        if any(c is not None for c in cbp_cfgs):
+            if not all(c is not None for c in cbp_cfgs):
+                raise ConfigError("cbp", "all runs of one batch must use CBP or none")
+            self.cbp = ContinualBackprop(layers, cbp_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
+        redo_cfgs = [m.redo for m in methods]
+        if any(c is not None for c in redo_cfgs):
+            if not all(c is not None for c in redo_cfgs):
+                raise ConfigError("redo", "all runs of one batch must use ReDo or none")
+            self.redo = ReDo(layers, redo_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
+        self.steps_per_update = settings.epochs * (settings.rollout // settings.minibatch)
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, ro: Rollout, update: int) -> UpdateResult:
+        """One PPO update on rollout `ro` (update number `update` keys the shuffles and CBP draws)."""
+        st = self.settings
+        agent = self.agent
+        s, t_len = ro.rewards.shape
+        logp_old, pcache = agent.log_prob(ro.obs, ro.actions)
+        v_all, vcache = agent.values(torch.cat([ro.obs, ro.final_obs], 1))
+        values, next_values = v_all[:, :t_len], v_all[:, t_len:]
+        adv, returns = gae(ro.rewards, values, next_values, ro.terminated, ro.ends, st.gamma, st.lam)
+        adv = standardize(adv)
+        policy_hidden = pcache.post
+        value_hidden = [h[:, :t_len] for h in vcache.post]
+        dev = ro.rewards.device
+        base = (torch.arange(s, device=dev) * t_len).view(-1, 1)
+        flat = [x.reshape(s * t_len, *x.shape[2:]) for x in (ro.obs, ro.actions, logp_old, adv, returns)]
+        sum_lp = torch.zeros(s, device=dev)
+        sum_lv = torch.zeros(s, device=dev)
+        bad = torch.zeros(s, dtype=torch.bool, device=dev)
+        mb = st.minibatch
+        n_mb = t_len // mb
+        step = update * self.steps_per_update
+        for epoch in range(st.epochs):
+            perm = self.streams.permutation(MINIBATCH_STREAM, update * st.epochs + epoch, t_len)
+            idx = (perm + base).reshape(-1)
+            obs, act, lpo, ad, ret = (x.index_select(0, idx).view(s, t_len, *x.shape[1:]) for x in flat)
+            for j in range(n_mb):
+                sl = slice(j * mb, (j + 1) * mb)
+                lp, lv = self._minibatch_step(step, obs[:, sl], act[:, sl], lpo[:, sl], ad[:, sl], ret[:, sl])
+                sum_lp += lp
+                sum_lv += lv
+                bad |= ~torch.isfinite(lp + lv)
+                step += 1
+        n = st.epochs * n_mb
+        return UpdateResult(sum_lp / n, sum_lv / n, bad, policy_hidden, value_hidden)
+
+    def _minibatch_step(
+        self,
+        step: int,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        logp_old: torch.Tensor,
+        adv: torch.Tensor,
+        ret: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward/backward of all runs on one minibatch, an Adam step, then CBP; returns the losses."""
+        agent = self.agent
+        mean, pcache = agent.policy.forward(obs)
+        v, vcache = agent.values(obs)
+        lp, lv, g_mean, g_log_std, g_v = ppo_loss_grads(
+            mean, agent.log_std, act, logp_old, adv, v, ret, self.settings.clip, self.settings.value_coef
+        )
+        grads = [*agent.policy.backward(pcache, g_mean), g_log_std, *agent.value.backward(vcache, g_v)]
+        self.optimizer.step([agent.flatten(grads)])
+        if self.cbp is not None:
+            self.cbp.step(step, [*pcache.post, *vcache.post])
+        return lp, lv
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def redo_step(self, update: int, obs: torch.Tensor) -> list[torch.Tensor] | None:
+        """ReDo reset of the runs due at `update` from activations on probe obs ``[S, B, D]``."""
+        if self.redo is None or not self.redo.due(update):
+            return None
+        _, pcache = self.agent.policy.forward(obs)
+        _, vcache = self.agent.value.forward(obs)
+        return self.redo.step(update, [*pcache.post, *vcache.post])
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "cbp": self.cbp.state_dict() if self.cbp is not None else {},
+            "redo": self.redo.state_dict() if self.redo is not None else {},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        if self.cbp is not None:
+            self.cbp.load_state_dict(state["cbp"])  # type: ignore[arg-type]
+        if self.redo is not None:
+            self.redo.load_state_dict(state["redo"])  # type: ignore[arg-type]
