@@ -60,6 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         device_name = args.device or sc.device
         ckpt_minutes = sc.checkpoint_minutes
     assert all(isinstance(r, RunSpec) for r in runs)
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise ConfigError("--threads", "must be > 0")
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = resolve_device(device_name)
     out = Path(args.out)
     run_group(
@@ -148,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-29 (default: the scale's seeds)")
     run.add_argument("--out", required=True, help="runs root, e.g. results/runs/<experiment>/<scale>")
     run.add_argument("--device", help="auto | cpu | cuda (default: params file, else auto)")
+    run.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)"
+    )
     run.add_argument("--checkpoint-every", type=int, help="checkpoint every N units")
     run.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least every M minutes")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
