@@ -1,0 +1,402 @@
+"""Experiment `incremental_cifar`: class-incremental CIFAR-100 with ResNet-18 (Fig. 2; PROTOCOLS §4).
+
+Training starts on `classes_start` classes of a seeded class order and adds `classes_per_increment` every
+`epochs_per_increment` epochs (20 increments × 200 epochs = 4,000 epochs). Output unit j of a run is the
+j-th class of its order, so "loss only over the classes seen so far" is the softmax over the first
+``n_seen`` logits. Per increment the step size restarts at the method's lr and is multiplied by
+`lr_factors` at `lr_milestones` (0.1 → 0.02 → 0.004 → 0.0008 at epochs 60, 120, 160). Training images
+are augmented (flip, reflect-pad-4 crop, rotation in `rotation_degrees`), validation/test images are not.
+
+Early stopping: after every epoch each run's validation accuracy on the seen classes is compared with the
+best of the current increment; at the end of the increment the parameters and BatchNorm statistics of
+the best epoch are loaded back (the optimiser and CBP state carry on).
+
+Methods: ``head_reset`` re-initialises fc at every increment start, ``retrain`` the whole network (with its
+optimiser state), S&P adds noise after every step, CBP replaces conv channels (BatchNorm reset).
+
+Unit = one epoch. Metrics (step = epochs completed):
+
+* per epoch: ``test_accuracy``, ``val_accuracy`` (seen classes), ``train_accuracy``, ``train_loss``;
+* per increment (step = its last epoch): ``test_accuracy/max`` (best test accuracy of any epoch, what the
+  reference plots) and ``test_accuracy/final`` (test accuracy of the parameters the increment hands on:
+  the best-validation epoch with early stopping, else the last epoch);
+* at every increment start (step = epochs completed before it; after the previous increment's reload,
+  before head/network resets), on `probe_images` clean training images: ``dormant_units/next`` (the
+  increment's new classes) and ``dormant_units/previous`` (classes seen before; from increment 1),
+  ``effective_rank/*``, ``abs_approximate_rank/*`` (the reference's 99% "stable rank"),
+  ``approximate_rank/*`` and ``stable_rank/*`` of the 512-d features, and ``weight_magnitude`` (mean |θ|
+  over all parameters). A unit is dormant when it is non-zero on fewer than `dormant_threshold` of the
+  (image, position) pairs, over the 16 hidden conv outputs and the pooled features, as the reference.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from lop.config import check
+from lop.data.augment import cifar_test_transform, cifar_train_transform
+from lop.errors import ConfigError
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.metrics import rank_metrics, weight_magnitude
+from lop.nets.resnet import ResNet18
+from lop.problems.image_tasks import (
+    MinibatchLearner,
+    class_index,
+    class_order,
+    downsample,
+    gather_runs,
+    load_cifar_tensors,
+    probe_indices,
+)
+from lop.rng import RunStreams
+
+RANKS = ("effective_rank", "abs_approximate_rank", "approximate_rank", "stable_rank")
+
+
+@dataclass(frozen=True)
+class IncrementalCifarProblem:
+    """Problem settings; defaults are the paper's protocol (PROTOCOLS §4)."""
+
+    data_dir: str = "data/prepared/cifar100"
+    n_classes: int = 100
+    classes_start: int = 5
+    classes_per_increment: int = 5
+    n_increments: int = 20
+    epochs_per_increment: int = 200
+    batch_size: int = 90
+    train_per_class: int = 450
+    val_per_class: int = 50
+    test_per_class: int = 100
+    lr_milestones: tuple[int, ...] = (60, 120, 160)
+    lr_factors: tuple[float, ...] = (0.2, 0.04, 0.008)
+    early_stopping: bool = True
+    augment: bool = True
+    flip_p: float = 0.5
+    crop_padding: int = 4
+    rotation_degrees: tuple[float, float] = (0.0, 15.0)
+    image_size: Literal[32, 16, 8] = 32
+    resnet_init: Literal["reference", "torchvision"] = "reference"
+    cbp_scope: Literal["chain", "block_internal"] = "chain"
+    retrain_resets_running_stats: bool = True
+    reset_optimizer_on_reinit: bool = True
+    probe_images: int = 1000
+    dormant_threshold: float = 0.01
+    eval_batch: int = 500
+    verify_data: bool = True
+    channels_last: bool = True
+
+    @property
+    def n_epochs(self) -> int:
+        return self.n_increments * self.epochs_per_increment
+
+    def validate(self) -> list[tuple[str, str]]:
+        last = self.classes_start + (self.n_increments - 1) * self.classes_per_increment
+        return (
+            check(self.classes_start > 0, "classes_start", "must be > 0")
+            + check(self.classes_per_increment >= 0, "classes_per_increment", "must be >= 0")
+            + check(self.n_increments > 0, "n_increments", "must be > 0")
+            + check(
+                last <= self.n_classes <= 100,
+                "n_classes",
+                f"must be <= 100 and hold classes_start + (n_increments - 1) * classes_per_increment = {last}",
+            )
+            + check(self.epochs_per_increment > 0, "epochs_per_increment", "must be > 0")
+            + check(self.batch_size > 0, "batch_size", "must be > 0")
+            + check(
+                min(self.train_per_class, self.val_per_class, self.test_per_class) > 0,
+                "train_per_class",
+                "train/val/test images per class must be > 0",
+            )
+            + check(
+                len(self.lr_milestones) == len(self.lr_factors)
+                and list(self.lr_milestones) == sorted(self.lr_milestones)
+                and all(0 < m < self.epochs_per_increment for m in self.lr_milestones),
+                "lr_milestones",
+                "need increasing epochs inside an increment, one per lr_factors entry",
+            )
+            + check(all(f > 0 for f in self.lr_factors), "lr_factors", "must be > 0")
+            + check(0.0 <= self.flip_p <= 1.0, "flip_p", "must be within [0, 1]")
+            + check(0 <= self.crop_padding < 32, "crop_padding", "must be within [0, 32)")
+            + check(self.rotation_degrees[0] <= self.rotation_degrees[1], "rotation_degrees", "low <= high")
+            + check(self.probe_images > 0, "probe_images", "must be > 0")
+            + check(0.0 <= self.dormant_threshold <= 1.0, "dormant_threshold", "must be within [0, 1]")
+            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+        )
+
+
+class IncrementalCifarTrainer(Trainer):
+    """Trains S runs of one method (each with its own class order); unit = one epoch."""
+
+    unit_name = "epoch"
+
+    def __init__(
+        self, problem: IncrementalCifarProblem, runs: Sequence[RunSpec], device: torch.device
+    ) -> None:
+        self.p = problem
+        s = len(runs)
+        for r in runs:
+            if r.config.arch != "default" or r.config.redo is not None:
+                raise ConfigError(
+                    f"method {r.method!r}", "arch: linear and redo are not supported by incremental_cifar"
+                )
+        self.streams = RunStreams([r.seed for r in runs], device)
+        self.data = load_cifar_tensors(
+            problem.data_dir,
+            device,
+            train_per_class=problem.train_per_class,
+            val_per_class=problem.val_per_class,
+            test_per_class=problem.test_per_class,
+            verify=problem.verify_data,
+        )
+        self.net = ResNet18(
+            self.streams,
+            n_classes=problem.n_classes,
+            init=problem.resnet_init,
+            channels_last=problem.channels_last,
+        )
+        configs = [r.config for r in runs]
+        self.retrain = configs[0].retrain
+        self.head_reset = configs[0].head_reset
+        self.learner = MinibatchLearner(
+            self.net, configs, self.streams, self.net.unit_layers(problem.cbp_scope)
+        )
+        self.base_lr = self.learner.optimizer.lr.clone()
+        self.order = class_order(self.streams, 100)[:, : problem.n_classes]
+        max_train = problem.train_per_class * (
+            problem.classes_start + (problem.n_increments - 1) * problem.classes_per_increment
+        )
+        self.steps_per_epoch_max = -(-max_train // problem.batch_size)
+        self.n_units = problem.n_epochs
+        self.best = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.best_val = torch.full((s,), -1.0, dtype=torch.float64, device=device)
+        self.best_test = torch.zeros(s, dtype=torch.float64, device=device)
+        self.max_test = torch.zeros(s, dtype=torch.float64, device=device)
+        self.diverged = torch.full((s,), -1, dtype=torch.int64, device=device)
+
+    # ---- schedule -----------------------------------------------------------------------------
+    def n_seen(self, increment: int) -> int:
+        return self.p.classes_start + increment * self.p.classes_per_increment
+
+    def lr_factor(self, epoch_in_increment: int) -> float:
+        """Step-size multiplier at an epoch of an increment (restarts at 1 every increment)."""
+        i = bisect.bisect_right(self.p.lr_milestones, epoch_in_increment)
+        return 1.0 if i == 0 else self.p.lr_factors[i - 1]
+
+    def _set_lr(self, factor: float) -> None:
+        opt = self.learner.optimizer
+        opt.lr.copy_(self.base_lr * factor)
+        if hasattr(opt, "neg_lr"):
+            opt.neg_lr.copy_(-opt.lr)
+
+    # ---- one epoch ----------------------------------------------------------------------------
+    def train_unit(self, unit: int) -> list[MetricBlock]:
+        p = self.p
+        inc, e = divmod(unit, p.epochs_per_increment)
+        blocks: list[MetricBlock] = []
+        if e == 0:
+            blocks += self.start_increment(inc, unit)
+        n_seen = self.n_seen(inc)
+        self._set_lr(self.lr_factor(e))
+        loss, acc = self._train_epoch(unit, n_seen)
+        val = self.evaluate(self.data.val, n_seen)
+        test = self.evaluate(self.data.test, n_seen)
+        self._track(val, test, unit)
+        step = torch.tensor([unit + 1], dtype=torch.int64)
+        for name, v in (
+            ("test_accuracy", test),
+            ("val_accuracy", val),
+            ("train_accuracy", acc),
+            ("train_loss", loss),
+        ):
+            blocks.append(MetricBlock(name, step, v.to(torch.float64).unsqueeze(1)))
+        if e == p.epochs_per_increment - 1:
+            final = test
+            if p.early_stopping:
+                self.load_best()
+                final = self.best_test
+            blocks.append(MetricBlock("test_accuracy/max", step, self.max_test.clone().unsqueeze(1)))
+            blocks.append(MetricBlock("test_accuracy/final", step, final.clone().unsqueeze(1)))
+        return blocks
+
+    def _train_epoch(self, epoch: int, n_seen: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p, s = self.p, self.streams.n
+        data = self.data.train
+        idx, y = class_index(self.order[:, :n_seen], data.shape[1])
+        n = idx.shape[1]
+        perm = self.streams.permutation("tasks/shuffle", epoch, n)
+        idx, ys = gather_runs(idx, perm), y[perm]
+        flat = data.flatten(0, 1)
+        n_batches = -(-n // p.batch_size)
+        loss_sum = torch.zeros(s, device=self.streams.device)
+        acc_sum = torch.zeros(s, device=self.streams.device)
+        self.net.train()
+        for b in range(n_batches):
+            sl = slice(b * p.batch_size, (b + 1) * p.batch_size)
+            t = epoch * self.steps_per_epoch_max + b
+            xb = self._train_images(flat[idx[:, sl]], t)
+            loss, acc = self.learner.step(t, xb, ys[:, sl], n_logits=n_seen)
+            loss_sum += loss
+            acc_sum += acc
+        return loss_sum / n_batches, acc_sum / n_batches
+
+    def _train_images(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        p = self.p
+        if p.augment:
+            out = cifar_train_transform(
+                x,
+                self.streams,
+                t,
+                "augment",
+                flip_p=p.flip_p,
+                padding=p.crop_padding,
+                degrees=tuple(p.rotation_degrees),
+            )
+        else:
+            out = cifar_test_transform(x)
+        return downsample(out, p.image_size)
+
+    def _clean_images(self, x: torch.Tensor) -> torch.Tensor:
+        return downsample(cifar_test_transform(x), self.p.image_size)
+
+    @torch.no_grad()
+    def evaluate(self, split: torch.Tensor, n_seen: int) -> torch.Tensor:
+        """Accuracy ``[S]`` (float64) on the clean images of the seen classes of `split` ``[K, n, ...]``."""
+        idx, y = class_index(self.order[:, :n_seen], split.shape[1])
+        flat = split.flatten(0, 1)
+        self.net.eval()
+        correct = torch.zeros(self.streams.n, dtype=torch.float64, device=self.streams.device)
+        for start in range(0, idx.shape[1], self.p.eval_batch):
+            sl = slice(start, start + self.p.eval_batch)
+            logits = self.net(self._clean_images(flat[idx[:, sl]]))[..., :n_seen]
+            correct += (logits.argmax(-1) == y[sl]).sum(1, dtype=torch.float64)
+        self.net.train()
+        return correct / idx.shape[1]
+
+    # ---- early stopping -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _track(self, val: torch.Tensor, test: torch.Tensor, epoch: int) -> None:
+        """Keep each run's best-validation parameters of the current increment; record divergence."""
+        improved = val > self.best_val
+        for k, cur in self.net.state_dict().items():
+            mask = improved.view(-1, *([1] * (cur.dim() - 1)))
+            self.best[k].copy_(torch.where(mask, cur, self.best[k]))
+        self.best_val = torch.where(improved, val, self.best_val)
+        self.best_test = torch.where(improved, test, self.best_test)
+        self.max_test = torch.maximum(self.max_test, test)
+        bad = self.learner.bad
+        self.diverged = torch.where((self.diverged < 0) & bad, epoch + 1, self.diverged)
+
+    @torch.no_grad()
+    def load_best(self) -> None:
+        """Load every run's best-validation parameters and BatchNorm statistics of this increment."""
+        self.net.load_state_dict(self.best, where="early-stopping snapshot")
+
+    # ---- increment boundaries -----------------------------------------------------------------
+    def start_increment(self, inc: int, epoch: int) -> list[MetricBlock]:
+        """Measure the network handed over by the previous increment, then apply the method's resets."""
+        blocks = self.measure(inc, epoch)
+        if inc > 0 and self.retrain:
+            self.net.reinit(inc, reset_running_stats=self.p.retrain_resets_running_stats)
+            if self.p.reset_optimizer_on_reinit:
+                self.learner.reset_optimizer_state()
+        elif inc > 0 and self.head_reset:
+            self.net.reset_head(inc)
+            if self.p.reset_optimizer_on_reinit:
+                self.learner.reset_optimizer_state([self.net.params["fc.weight"], self.net.params["fc.bias"]])
+        self.best_val.fill_(-1.0)
+        self.best_test.zero_()
+        self.max_test.zero_()
+        return blocks
+
+    @torch.no_grad()
+    def measure(self, inc: int, epoch: int) -> list[MetricBlock]:
+        """Dormant units, feature ranks (next / previous classes) and weight magnitude at an increment start."""
+        p = self.p
+        step = torch.tensor([epoch], dtype=torch.int64)
+        blocks = [
+            MetricBlock("weight_magnitude", step, weight_magnitude(self.learner.params).unsqueeze(1)),
+        ]
+        lo, hi = self.n_seen(inc - 1) if inc > 0 else 0, self.n_seen(inc)
+        groups = [("next", lo, hi)] + ([("previous", 0, lo)] if lo > 0 else [])
+        for name, a, b in groups:
+            if b <= a:
+                continue
+            data = self.data.train
+            pool, _ = class_index(self.order[:, a:b], data.shape[1])
+            pick = probe_indices(self.streams, f"probe/{name}", inc, pool.shape[1], p.probe_images)
+            dormant, features = self.probe(data.flatten(0, 1), gather_runs(pool, pick))
+            blocks.append(MetricBlock(f"dormant_units/{name}", step, dormant.unsqueeze(1)))
+            for metric, value in rank_metrics(features).items():
+                if metric in RANKS:
+                    blocks.append(MetricBlock(f"{metric}/{name}", step, value.unsqueeze(1)))
+        return blocks
+
+    @torch.no_grad()
+    def probe(self, images: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dormant fraction ``[S]`` float64, pooled features ``[S, n, 512]``) of the clean images
+        ``images[idx]`` (idx ``[S, n]``), in eval mode.
+
+        Units: the channels of the 16 hidden conv outputs before the last block's output, plus the 512
+        pooled features standing for the last block's output (the reference's feature list); a unit is
+        dormant when it is non-zero on fewer than `dormant_threshold` of the (image, position) pairs.
+        """
+        self.net.eval()
+        nonzero: dict[str, torch.Tensor] = {}
+        positions: dict[str, int] = {}
+        feats = []
+        hidden = [c.name for c in self.net.chain()][:-1]
+        for start in range(0, idx.shape[1], self.p.eval_batch):
+            xb = self._clean_images(images[idx[:, start : start + self.p.eval_batch]])
+            _, f, acts = self.net(xb, return_features=True, return_activations=True)
+            feats.append(f)
+            layers = {k: acts[k].flatten(3) for k in hidden}
+            layers["features"] = f.unsqueeze(-1)
+            for k, h in layers.items():
+                nz = (h != 0).sum(dim=(1, 3), dtype=torch.float64)  # [S, C]
+                nonzero[k] = nonzero[k] + nz if k in nonzero else nz
+                positions[k] = h.shape[3]
+        self.net.train()
+        n = idx.shape[1]
+        dormant = sum(
+            ((nz / (n * positions[k])) < self.p.dormant_threshold).sum(1, dtype=torch.float64)
+            for k, nz in nonzero.items()
+        )
+        total = sum(nz.shape[1] for nz in nonzero.values())
+        return dormant / total, torch.cat(feats, dim=1)
+
+    # ---- checkpoint ---------------------------------------------------------------------------
+    def diverged_at(self) -> torch.Tensor:
+        return self.diverged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "learner": self.learner.state_dict(),
+            "best": self.best,
+            "best_val": self.best_val,
+            "best_test": self.best_test,
+            "max_test": self.max_test,
+            "diverged": self.diverged,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.learner.load_state_dict(state["learner"])
+        for k, v in state["best"].items():
+            self.best[k].copy_(v)
+        for k in ("best_val", "best_test", "max_test", "diverged"):
+            getattr(self, k).copy_(state[k])
+
+
+EXPERIMENT = ExperimentSpec(
+    name="incremental_cifar",
+    problem_cls=IncrementalCifarProblem,
+    build=IncrementalCifarTrainer,
+    description="Class-incremental CIFAR-100 with ResNet-18 (Fig. 2)",
+    needs_data=("cifar100",),
+)
