@@ -78,6 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         checkpoint_minutes=args.checkpoint_minutes if args.checkpoint_minutes is not None else ckpt_minutes,
         progress=args.progress,
+        models_dir=Path(args.models_dir) if args.models_dir else None,
+        models_every=args.models_every,
     )
     return 0
 
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, help="checkpoint every N units")
     run.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least every M minutes")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    run.add_argument("--models-dir", help="save network snapshots per run under this folder")
+    run.add_argument("--models-every", type=int, default=1, help="snapshot every N units (with --models-dir)")
     run.set_defaults(func=cmd_run)
 
     params = sub.add_parser("params", help="validate params files and list their jobs")

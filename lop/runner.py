@@ -97,6 +97,15 @@ class _Progress:
             self.bar.close()
 
 
+def save_models(trainer: Any, runs: Sequence[RunSpec], models_dir: Path, unit: int) -> None:
+    """Save each run's slice of the trainer's network tensors after `unit` units (atomic per file)."""
+    state = {k: v.detach().cpu() for k, v in trainer.model_state().items()}
+    for k, run in enumerate(runs):
+        per_run = {name: t[k].clone() for name, t in state.items() if t.dim() > 0 and t.shape[0] == len(runs)}
+        path = run_dir(models_dir, run) / f"{trainer.unit_name}-{unit:05d}.pt"
+        atomic_write(path, lambda p, d=per_run: torch.save(d, p))
+
+
 def _is_complete(path: Path, config: dict[str, Any]) -> bool:
     rj = path / "run.json"
     if not rj.exists() or not (path / "metrics.parquet").exists():
@@ -119,8 +128,15 @@ def run_group(
     checkpoint_every: int | None = None,
     checkpoint_minutes: float = 10.0,
     progress: bool | None = None,
+    models_dir: Path | None = None,
+    models_every: int = 0,
 ) -> list[Path]:
-    """Train `runs` together (or resume them) and write their results; returns the run folders."""
+    """Train `runs` together (or resume them) and write their results; returns the run folders.
+
+    With `models_dir` and `models_every` > 0, each run's network tensors are saved after every
+    `models_every` units (and the last) to ``<models_dir>/<method>/<setting_id>/seed-<seed>/<unit>-NNNNN.pt``,
+    e.g. at task or increment boundaries, to recompute internals after a run.
+    """
     out = Path(out)
     configs = [resolved_config(spec, scale, problem, r) for r in runs]
     dirs = [run_dir(out, r) for r in runs]
@@ -178,6 +194,12 @@ def run_group(
         for b in blocks:
             metrics.setdefault(b.name, []).append((b.steps.detach().cpu(), b.values.detach().cpu()))
         unit += 1
+        if (
+            models_dir is not None
+            and models_every > 0
+            and (unit % models_every == 0 or unit == trainer.n_units)
+        ):
+            save_models(trainer, runs, Path(models_dir), unit)
         bar.update(unit)
         now = time.monotonic()
         due_units = checkpoint_every is not None and unit % checkpoint_every == 0

@@ -123,3 +123,19 @@ def test_run_from_another_directory(tmp_path, repo):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o" / "linear" / "lr=0.01" / "seed-3" / "run.json").exists()
+
+
+def test_model_snapshots_per_run(tmp_path):
+    import torch
+
+    out, models = tmp_path / "runs", tmp_path / "models"
+    r = run_lop(
+        *SMOKE, "--method", "bp", "--out", str(out), "--models-dir", str(models), "--models-every", "1"
+    )
+    assert r.returncode == 0, r.stderr
+    files = sorted((models / "bp" / "lr=0.01" / "seed-1").glob("*.pt"))
+    assert [f.name for f in files] == ["bin-00001.pt", "bin-00002.pt"]
+    snap = torch.load(files[0], weights_only=True)
+    assert snap["weights.0"].shape == (5, 20) and snap["weights.1"].shape == (1, 5)
+    last = torch.load(files[1], weights_only=True)
+    assert not torch.equal(snap["weights.0"], last["weights.0"])

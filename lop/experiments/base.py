@@ -56,6 +56,27 @@ class Trainer(ABC):
     def diverged_at(self) -> torch.Tensor:
         """``[S]`` int64: first step at which each run's loss was non-finite, −1 if never."""
 
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The networks' tensors (leading run axis S) for model snapshots at unit boundaries: by default
+        the `state_dict()` of the trainer's `net` (or `agent`), flattened to dotted names."""
+        model = getattr(self, "net", None) or getattr(self, "agent", None)
+        if model is None:
+            return {}
+        return flatten_tensors(model.state_dict())
+
+
+def flatten_tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Nested dicts/lists of tensors -> {"a.b.0": tensor}."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = (
+        tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list | tuple) else []
+    )
+    out: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        out.update(flatten_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
 
 @dataclass(frozen=True)
 class ExperimentSpec:
