@@ -135,6 +135,14 @@ class RunStreams:
         x = _mix32(self._index(n).unsqueeze(0) ^ k1)
         return _mix32((x + k2) & MASK32)
 
+    def _torch_draw(self, name: str, counter: int, n: int, dtype: torch.dtype, fill: str) -> torch.Tensor:
+        """``[S, n]`` standard uniform/normal numbers from one seeded `torch.Generator` per run."""
+        out = torch.empty((self.n, n), dtype=dtype, device=self.device)
+        for k, s in enumerate(self.seeds):
+            g = torch.Generator(device=self.device).manual_seed(torch_seed(s, name, counter))
+            getattr(out[k], fill)(generator=g)
+        return out
+
     # ---- distributions ----------------------------------------------------------------
     def uniform(
         self,
@@ -149,10 +157,7 @@ class RunStreams:
         shape = tuple(int(d) for d in shape)
         n = math.prod(shape)
         if n >= TORCH_BACKEND_MIN:
-            out = torch.empty((self.n, n), dtype=dtype, device=self.device)
-            for k, s in enumerate(self.seeds):
-                g = torch.Generator(device=self.device).manual_seed(torch_seed(s, name, counter))
-                out[k].uniform_(0.0, 1.0, generator=g)
+            out = self._torch_draw(name, counter, n, dtype, "uniform_")
         else:
             out = (self.bits(name, counter, n) >> 8).to(dtype) * (1.0 / (1 << 24))
         out = out.view(self.n, *shape)
@@ -170,10 +175,7 @@ class RunStreams:
         shape = tuple(int(d) for d in shape)
         n = math.prod(shape)
         if n >= TORCH_BACKEND_MIN:
-            out = torch.empty((self.n, n), dtype=dtype, device=self.device)
-            for k, s in enumerate(self.seeds):
-                g = torch.Generator(device=self.device).manual_seed(torch_seed(s, name, counter))
-                out[k].normal_(0.0, 1.0, generator=g)
+            out = self._torch_draw(name, counter, n, dtype, "normal_")
         else:
             w = self.bits(name, counter, 2 * n)
             u1 = ((w[:, :n] >> 8) + 1).to(dtype) * (1.0 / (1 << 24))  # (0, 1]

@@ -23,15 +23,6 @@ from lop.data.augment import (
 from lop.rng import RunStreams
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these small ops are faster so, and robust to a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _pattern(s: int = 2, b: int = 3, c: int = 3, hw: int = 32) -> torch.Tensor:
     """Distinct value at every position: a known, asymmetric image per (run, example)."""
     return torch.arange(s * b * c * hw * hw, dtype=torch.float32).view(s, b, c, hw, hw)

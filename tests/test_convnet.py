@@ -16,14 +16,6 @@ from lop.rng import RunStreams
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these small ops are faster so, and robust to a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _images(s: int, b: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -56,14 +56,6 @@ def _reference_forward(net: ResNet18, x: torch.Tensor, k: int, training: bool) -
     return F.linear(h.mean(dim=(2, 3)), p["fc.weight"], p["fc.bias"])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these small convs are faster so, and robust to a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def net3() -> ResNet18:
