@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runs, spec, problem, scale = _runs_from_run_file(Path(args.run_file), args.seeds)
         device_name = args.device or "auto"
         ckpt_minutes = 10.0
+        models_every = 1
     else:
         from lop.params import load_params, select_runs
 
@@ -59,6 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         problem, runs = select_runs(params, scale, args.method, args.setting_id, seeds)
         device_name = args.device or sc.device
         ckpt_minutes = sc.checkpoint_minutes
+        models_every = sc.models_every
     assert all(isinstance(r, RunSpec) for r in runs)
     if args.threads is not None:
         if args.threads <= 0:
@@ -79,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes if args.checkpoint_minutes is not None else ckpt_minutes,
         progress=args.progress,
         models_dir=Path(args.models_dir) if args.models_dir else None,
-        models_every=args.models_every,
+        models_every=args.models_every if args.models_every is not None else models_every,
     )
     return 0
 
@@ -119,6 +121,11 @@ def cmd_params_validate(args: argparse.Namespace) -> int:
     from lop.params import expand_jobs, load_params, n_runs
 
     for f in args.files:
+        if Path(f).name == "figures.yaml":
+            from lop.analysis.registry import load_registry
+
+            print(f"{f}: ok (figure registry; {len(load_registry(f).figures)} figures)")
+            continue
         p = load_params(f)
         summary = ", ".join(f"{s}: {n_runs(p, s)} runs/{len(expand_jobs(p, s))} jobs" for s in p.data.scales)
         print(f"{f}: ok ({p.experiment}; {summary})")
@@ -163,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-minutes", type=float, help="checkpoint at least every M minutes")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     run.add_argument("--models-dir", help="save network snapshots per run under this folder")
-    run.add_argument("--models-every", type=int, default=1, help="snapshot every N units (with --models-dir)")
+    run.add_argument(
+        "--models-every",
+        type=int,
+        help="snapshot every N units (default: the scale's models_every; run files: 1)",
+    )
     run.set_defaults(func=cmd_run)
 
     params = sub.add_parser("params", help="validate params files and list their jobs")

@@ -21,7 +21,9 @@ T = TypeVar("T")
 
 
 def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+    if not where or where.endswith(":"):
+        return f"{where}{key}"
+    return f"{where}.{key}"
 
 
 def _type_name(tp: Any) -> str:
@@ -118,6 +120,15 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             _join(where, str(unknown[0])), f"unknown key; known keys are: {', '.join(sorted(fields))}"
         )
     kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(_join(where, missing[0]), "required key is missing")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

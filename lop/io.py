@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lop.errors import CheckpointError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -22,6 +23,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
@@ -38,11 +40,15 @@ def write_json(path: Path, data: Any) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """`torch.save` a dict of tensors/primitives atomically."""
+    import torch
+
     atomic_write(path, lambda p: torch.save(state, p))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; any failure is a `CheckpointError`."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -78,6 +84,7 @@ def versions() -> dict[str, str]:
     """Versions of the software a result depends on."""
     import numpy
     import pandas
+    import torch
 
     import lop
 
@@ -91,7 +98,9 @@ def versions() -> dict[str, str]:
     }
 
 
-def device_description(device: torch.device) -> str:
+def device_description(device: Any) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
     return f"cpu:{platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"

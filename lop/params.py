@@ -78,6 +78,7 @@ class ScaleSpec:
     pack_settings: bool = False
     device: str = "auto"
     checkpoint_minutes: float = 10.0
+    models_every: int = 0  # with `lop run --models-dir`: network snapshots every N units (0 = none)
     resources: Resources | None = None
     methods: dict[str, MethodSpec] | None = None
 
@@ -232,6 +233,8 @@ def load_params(path: str | Path) -> Params:
             raise ConfigError(f"{sw}.seeds", "seeds must be distinct non-negative integers")
         if scale.seeds_per_job <= 0:
             raise ConfigError(f"{sw}.seeds_per_job", "must be > 0")
+        if scale.models_every < 0:
+            raise ConfigError(f"{sw}.models_every", "must be >= 0 (0 = no model snapshots)")
         if scale.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"{sw}.device", "must be auto, cpu or cuda")
         methods = scale.methods if scale.methods is not None else data.methods

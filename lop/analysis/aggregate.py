@@ -1,0 +1,205 @@
+"""Aggregation: every finished run of one experiment + scale into one tidy Parquet table.
+
+A run folder ``<runs>/<method>/<setting_id>/seed-<seed>/`` holds ``metrics.parquet`` (step, metric,
+value) and ``run.json`` (docs/architecture.md). The aggregate has one row per (run, step, metric):
+
+    experiment, scale, method, setting_id, seed, status, diverged_at, step, metric, value,
+    <hyperparameter columns>
+
+where the hyperparameter columns are the run's ``setting`` (the grid values that define it), nested
+keys joined with ``.`` (``lr``, ``cbp.replacement_rate``). Rows are sorted, so the same runs always give
+the same table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lop.data.artifact import read_json
+from lop.errors import DataError
+from lop.io import atomic_write
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.parquet"
+RUN_COLUMNS = ("experiment", "scale", "method", "setting_id", "seed", "status", "diverged_at")
+METRIC_COLUMNS = ("step", "metric", "value")
+BASE_COLUMNS = (*RUN_COLUMNS, *METRIC_COLUMNS)
+STATUSES = ("complete", "diverged")
+SORT_KEYS = ["method", "setting_id", "seed", "metric", "step"]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"cbp": {"replacement_rate": 1e-4}}`` -> ``{"cbp.replacement_rate": 1e-4}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def find_runs(runs_root: Path) -> list[Path]:
+    """All ``run.json`` files of finished runs under a runs root (``<method>/<setting>/seed-*/``)."""
+    return sorted(p for p in runs_root.glob(f"*/*/seed-*/{RUN_FILE}") if not p.parts[-4].startswith("."))
+
+
+def read_run(run_json: Path) -> dict[str, Any]:
+    """Read and check one ``run.json``; raises `DataError` naming the file."""
+    run = read_json(run_json)
+    missing = [k for k in ("method", "setting_id", "seed", "status") if k not in run]
+    if missing:
+        raise DataError(
+            f"{run_json}: missing key(s) {', '.join(missing)}; not a run.json written by `lop run`"
+        )
+    if run["status"] not in STATUSES:
+        raise DataError(f"{run_json}: status {run['status']!r} is not one of {', '.join(STATUSES)}")
+    return run
+
+
+def read_metrics(path: Path) -> pa.Table:
+    """Read one ``metrics.parquet`` with the contract's columns and types."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing next to its run.json; delete the run folder and re-run its job")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: unreadable Parquet ({e}); delete the run folder and re-run its job") from e
+    missing = [c for c in METRIC_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (expected step, metric, value)")
+    try:
+        return table.select(list(METRIC_COLUMNS)).cast(
+            pa.schema([("step", pa.int64()), ("metric", pa.string()), ("value", pa.float64())])
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataError(f"{path}: columns step/metric/value have the wrong types ({e})") from e
+
+
+def _column(values: list[Any]) -> pd.Series:
+    """One hyperparameter column with a Parquet-friendly dtype (float, boolean or string)."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(values, dtype="boolean")
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
+    return pd.Series(
+        [None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True) for v in values],
+        dtype="string",
+    )
+
+
+def _run_table(runs: list[dict[str, Any]], sources: list[Path]) -> pd.DataFrame:
+    """One row per run: the run-level columns plus the flattened setting."""
+    rows = []
+    for run, src in zip(runs, sources, strict=True):
+        setting = run.get("setting")
+        hp = flatten(setting) if isinstance(setting, Mapping) else {}
+        clash = sorted(set(hp) & set(BASE_COLUMNS))
+        if clash:
+            raise DataError(
+                f"{src}: setting key(s) {', '.join(clash)} clash with the aggregate's own columns"
+            )
+        rows.append(
+            {
+                "experiment": run.get("experiment"),
+                "scale": run.get("scale"),
+                "method": run["method"],
+                "setting_id": run["setting_id"],
+                "seed": int(run["seed"]),
+                "status": run["status"],
+                "diverged_at": run.get("diverged_at"),
+                **hp,
+            }
+        )
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    hp_keys = sorted(k for k in keys if k not in RUN_COLUMNS)
+    table = pd.DataFrame(
+        {
+            "experiment": pd.Series([r["experiment"] for r in rows], dtype="string"),
+            "scale": pd.Series([r["scale"] for r in rows], dtype="string"),
+            "method": pd.Series([r["method"] for r in rows], dtype="string"),
+            "setting_id": pd.Series([r["setting_id"] for r in rows], dtype="string"),
+            "seed": pd.Series([r["seed"] for r in rows], dtype="int64"),
+            "status": pd.Series([r["status"] for r in rows], dtype="string"),
+            "diverged_at": pd.Series([r["diverged_at"] for r in rows], dtype="Int64"),
+        }
+    )
+    for k in hp_keys:
+        table[k] = _column([r.get(k) for r in rows])
+    return table
+
+
+def aggregate_runs(runs_root: str | Path, expected: Iterable[str] | None = None) -> pd.DataFrame:
+    """The tidy table of every run under ``runs_root`` (or exactly the ``expected`` run.json paths).
+
+    ``expected`` holds run.json paths relative to ``runs_root`` (a Job's ``outputs``); any missing one is
+    an error, and runs lying around from an older grid are left out.
+    """
+    root = Path(runs_root)
+    if expected is None:
+        paths = find_runs(root)
+    else:
+        paths = sorted(root / p for p in expected)
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(
+                f"{root}: {len(missing)} expected run(s) have no run.json, e.g. {missing[0]}; "
+                "run their training jobs first (snakemake ... or `lop run`)"
+            )
+    if not paths:
+        raise DataError(f"{root}: no finished runs (no */*/seed-*/run.json); train the experiment first")
+    runs = [read_run(p) for p in paths]
+    seen: dict[tuple[str, str, int], Path] = {}
+    for run, p in zip(runs, paths, strict=True):
+        key = (run["method"], run["setting_id"], int(run["seed"]))
+        if key in seen:
+            raise DataError(f"{p}: duplicates run {key} of {seen[key]}")
+        seen[key] = p
+    experiments = {r.get("experiment") for r in runs}
+    if len(experiments) > 1:
+        raise DataError(f"{root}: runs of several experiments mixed ({sorted(map(str, experiments))})")
+    run_table = _run_table(runs, paths)
+    metrics = [read_metrics(p.parent / METRICS_FILE) for p in paths]
+    lengths = np.array([t.num_rows for t in metrics], dtype=np.int64)
+    long = pa.concat_tables(metrics).to_pandas()
+    long["step"] = long["step"].astype("int64")
+    long["metric"] = long["metric"].astype("string")
+    run_index = np.repeat(np.arange(len(paths)), lengths)
+    table = pd.concat([run_table.iloc[run_index].reset_index(drop=True), long], axis=1)
+    hp_cols = [c for c in run_table.columns if c not in RUN_COLUMNS]
+    table = table[[*BASE_COLUMNS, *hp_cols]]
+    return table.sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+
+
+def write_aggregate(table: pd.DataFrame, out: str | Path) -> Path:
+    """Write the aggregate atomically (temp file + ``os.replace``); same table -> same bytes."""
+    out = Path(out)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    atomic_write(out, lambda tmp: pq.write_table(arrow, tmp, compression="zstd"))
+    return out
+
+
+def read_aggregate(path: str | Path) -> pd.DataFrame:
+    """Read an aggregate written by `write_aggregate`, checking its base columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such aggregate; build it with `snakemake {path}` or `lop aggregate`")
+    try:
+        table = pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: unreadable Parquet ({e}); delete it and rebuild it") from e
+    missing = [c for c in BASE_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with `lop aggregate`")
+    return table

@@ -1,0 +1,89 @@
+"""``lop aggregate`` and ``lop figure ...`` subcommands (registered by `lop.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lop.analysis.registry import DEFAULT_REGISTRY
+
+
+def _expected_outputs(params_file: str, scale: str) -> list[str]:
+    from lop.params import expand_jobs, load_params
+
+    return [out for job in expand_jobs(load_params(params_file), scale) for out in job.outputs]
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    """Aggregate an experiment's runs (exactly its params file's runs when --params is given)."""
+    from lop.analysis.aggregate import aggregate_runs, write_aggregate
+
+    expected = _expected_outputs(args.params, args.scale) if args.params else None
+    table = aggregate_runs(args.runs, expected)
+    write_aggregate(table, args.out)
+    n_runs = len(table[["method", "setting_id", "seed"]].drop_duplicates())
+    print(f"{args.out}: {n_runs} runs, {len(table)} rows")
+    return 0
+
+
+def cmd_figure_build(args: argparse.Namespace) -> int:
+    """Draw one registry figure from an aggregate."""
+    from lop.analysis.aggregate import read_aggregate
+    from lop.analysis.figures import make_figure
+    from lop.analysis.registry import load_registry
+    from lop.errors import ConfigError
+
+    registry = load_registry(args.registry)
+    if args.figure not in registry.figures:
+        raise ConfigError(
+            str(args.registry), f"no figure {args.figure!r}; known: {', '.join(registry.figures)}"
+        )
+    spec = registry.figures[args.figure]
+    table = read_aggregate(args.agg)
+    for message in make_figure(spec, table, args.scale, registry.style, args.png, args.pdf, args.figure):
+        print(f"warning: {message}", file=sys.stderr)
+    print(f"{args.png}, {args.pdf}")
+    return 0
+
+
+def cmd_figure_list(args: argparse.Namespace) -> int:
+    """List the registry's figures (id, paper figure, experiment)."""
+    from lop.analysis.registry import load_registry
+
+    registry = load_registry(args.registry)
+    for fid, spec in registry.figures.items():
+        print(f"{fid}\t{spec.paper or '-'}\t{spec.experiment}\t{spec.title}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``aggregate`` and ``figure {build,list}`` to the ``lop`` command line."""
+    p = subparsers.add_parser("aggregate", help="aggregate finished runs into one tidy Parquet table")
+    p.add_argument("--runs", required=True, type=Path, help="runs root, e.g. results/runs/scr/demo")
+    p.add_argument("--out", required=True, type=Path, help="output, e.g. results/agg/scr-demo.parquet")
+    p.add_argument("--params", help="params file: aggregate exactly its runs at --scale (all must exist)")
+    p.add_argument("--scale", help="scale of --params (smoke, demo, paper)")
+    p.set_defaults(func=_checked_aggregate)
+
+    fig = subparsers.add_parser("figure", help="draw paper figures from aggregates")
+    sub = fig.add_subparsers(dest="figure_command", required=True)
+    b = sub.add_parser("build", help="draw one figure of the registry as PNG + PDF")
+    b.add_argument("figure", help="figure id in the registry, e.g. fig1b")
+    b.add_argument("--agg", required=True, type=Path, help="aggregate of the figure's experiment")
+    b.add_argument("--scale", required=True, help="scale the aggregate was made at")
+    b.add_argument("--png", required=True, type=Path)
+    b.add_argument("--pdf", required=True, type=Path)
+    b.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
+    b.set_defaults(func=cmd_figure_build)
+    ls = sub.add_parser("list", help="list the figures of the registry")
+    ls.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
+    ls.set_defaults(func=cmd_figure_list)
+
+
+def _checked_aggregate(args: argparse.Namespace) -> int:
+    from lop.errors import ConfigError
+
+    if bool(args.params) != bool(args.scale):
+        raise ConfigError("lop aggregate", "--params and --scale go together")
+    return cmd_aggregate(args)

@@ -1,0 +1,257 @@
+"""Paper figures from an aggregate table, as byte-reproducible PNG and PDF.
+
+`panel_lines` turns the aggregate + a `PanelSpec` into per-line summaries (binned per seed, then
+mean ± s.e. or bootstrap CI over seeds, `lop.analysis.stats`); `draw_figure` lays the panels out with
+seaborn styling, the paper's reference values and, unless the figure was made at paper scale from real
+data, a visible "<scale> scale — stand-in data" label. `save_figure` strips every date/version from the
+PNG and PDF metadata so the same aggregate always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from lop.analysis.registry import FigureSpec, LineSpec, PanelSpec, StyleSpec
+from lop.analysis.stats import Summary, bin_steps, summarise
+from lop.errors import DataError
+from lop.io import atomic_write
+
+PAPER_SCALE = "paper"
+# No dates, no software versions: identical inputs -> identical bytes.
+PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
+PNG_METADATA = {"Software": None}
+MARKERS_BELOW = 12  # lines with this few points get markers (a single bin is otherwise invisible)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A drawn line: its label, style and the summary over seeds."""
+
+    label: str
+    color: str | None
+    linestyle: str
+    x_scale: float
+    summary: Summary
+    n_seeds: int
+    n_diverged: int
+
+
+def _matches(value: object, wanted: object) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return wanted is None
+    if isinstance(wanted, bool) or isinstance(value, bool | np.bool_):
+        return bool(value) == wanted
+    if isinstance(wanted, int | float):
+        try:
+            return math.isclose(float(value), float(wanted), rel_tol=1e-9, abs_tol=0.0)
+        except (TypeError, ValueError):
+            return False
+    return str(value) == str(wanted)
+
+
+def select_runs(table: pd.DataFrame, line: LineSpec, where: str) -> pd.DataFrame:
+    """Rows of the runs a line selects (method, then ``setting_id``/``where`` on hyperparameter columns)."""
+    rows = table[table["method"] == line.method]
+    if line.setting_id is not None:
+        rows = rows[rows["setting_id"] == line.setting_id]
+    for key, wanted in line.where.items():
+        if key not in rows.columns:
+            if rows.empty:
+                return rows
+            raise DataError(f"{where}: line {line.label!r} selects on {key!r}, which no run of it has")
+        mask = np.fromiter((_matches(v, wanted) for v in rows[key]), dtype=bool, count=len(rows))
+        rows = rows[mask]
+    return rows
+
+
+def metric_rows(rows: pd.DataFrame, panel: PanelSpec) -> pd.DataFrame:
+    """``seed, step, value`` of the panel's metric; a glob's matches are combined per seed and step."""
+    names = [m for m in rows["metric"].unique() if panel.matches(str(m))]
+    sel = rows[rows["metric"].isin(names)]
+    out = sel.groupby(["seed", "step"], sort=True, as_index=False)["value"].agg(panel.combine)
+    return out
+
+
+def _binned(rows: pd.DataFrame, panel: PanelSpec, scale: str) -> pd.DataFrame:
+    return bin_steps(metric_rows(rows, panel), panel.bin.width_for(scale), panel.bin.reduce, panel.bin.edge)
+
+
+def panel_lines(
+    table: pd.DataFrame, panel: PanelSpec, band: str, scale: str, where: str = "panel"
+) -> tuple[list[Line], list[str]]:
+    """Summaries of every line of a panel, plus warnings for lines with no data at this scale."""
+    specs = list(panel.lines)
+    if not specs:
+        methods = panel.methods or tuple(sorted(table["method"].unique()))
+        pairs = table[table["method"].isin(methods)][["method", "setting_id"]].drop_duplicates()
+        specs = [
+            LineSpec(label=f"{m} {s}", method=m, setting_id=s)
+            for m, s in sorted(pairs.itertuples(index=False, name=None))
+        ]
+    reference = None
+    if panel.relative_to is not None:
+        ref_rows = select_runs(table, panel.relative_to, where)
+        reference = _binned(ref_rows, panel, scale) if not ref_rows.empty else None
+    lines, missing = [], []
+    for spec in specs:
+        rows = select_runs(table, spec, where)
+        binned = _binned(rows, panel, scale) if not rows.empty else None
+        if binned is None or binned.empty:
+            missing.append(
+                f"{where}: no data for line {spec.label!r} (method {spec.method}) at {scale} scale"
+            )
+            continue
+        if panel.relative_to is not None:
+            if reference is None:
+                missing.append(f"{where}: no data for the reference line {panel.relative_to.label!r}")
+                continue
+            paired = binned.merge(reference, on=["seed", "x"], suffixes=("", "_ref"))
+            binned = paired.assign(value=paired["value"] / paired["value_ref"])[["seed", "x", "value"]]
+        binned = binned.assign(value=binned["value"] * panel.y.scale)
+        runs = rows[["setting_id", "seed", "status"]].drop_duplicates()
+        lines.append(
+            Line(
+                label=spec.label,
+                color=spec.color,
+                linestyle=spec.linestyle,
+                x_scale=spec.x_scale,
+                summary=summarise(binned, band),  # type: ignore[arg-type]
+                n_seeds=int(runs["seed"].nunique()),
+                n_diverged=int((runs["status"] == "diverged").sum()),
+            )
+        )
+    return lines, missing
+
+
+def stand_in_label(table: pd.DataFrame, scale: str) -> str | None:
+    """The watermark text, or None for paper-scale figures from real data."""
+    stand_in = bool(table["stand_in"].fillna(False).any()) if "stand_in" in table.columns else False
+    if scale == PAPER_SCALE and not stand_in:
+        return None
+    return f"{scale} scale — stand-in data"
+
+
+def draw_figure(
+    spec: FigureSpec, table: pd.DataFrame, scale: str, style: StyleSpec, figure_id: str = "figure"
+) -> tuple[plt.Figure, list[str]]:
+    """Draw every panel of a figure; returns the figure and the warnings about missing lines."""
+    sns.set_theme(
+        style=style.theme, context=style.context, palette=style.palette, font_scale=style.font_scale
+    )
+    n = len(spec.panels)
+    ncols = min(spec.ncols, n)
+    nrows = math.ceil(n / ncols)
+    w, h = style.panel_size
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), squeeze=False, dpi=style.dpi)
+    palette = sns.color_palette(style.palette, 10)
+    colors: dict[str, object] = {}
+    warnings_out: list[str] = []
+    for i, panel in enumerate(spec.panels):
+        ax = axes[i // ncols][i % ncols]
+        lines, missing = panel_lines(table, panel, spec.band, scale, where=f"{figure_id}.panels[{i}]")
+        warnings_out += missing
+        for line in lines:
+            s = line.summary
+            x = s.x * line.x_scale * panel.x.scale
+            if line.label not in colors:  # one colour per label across the figure's panels
+                colors[line.label] = line.color or palette[len(colors) % len(palette)]
+            color = colors[line.label]
+            label = line.label + (f" ({line.n_diverged} diverged)" if line.n_diverged else "")
+            marker = "o" if len(x) <= MARKERS_BELOW else None
+            ax.plot(
+                x,
+                s.mean,
+                color=color,
+                linestyle=line.linestyle,
+                linewidth=1.2,
+                marker=marker,
+                ms=3,
+                label=label,
+            )
+            if spec.band != "none":
+                ax.fill_between(x, s.lo, s.hi, color=color, alpha=style.band_alpha, linewidth=0)
+        _draw_references(ax, panel, scale, colors)
+        if not lines:
+            ax.text(0.5, 0.5, f"no data at {scale} scale", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(panel.title)
+        ax.set_xlabel(panel.x.label)
+        ax.set_ylabel(panel.y.label)
+        if panel.x.log:
+            ax.set_xscale("log")
+        if panel.y.log:
+            ax.set_yscale("log")
+        if panel.y.lim is not None:
+            ax.set_ylim(*panel.y.lim)
+        if panel.x.lim is not None:
+            ax.set_xlim(*panel.x.lim)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small", frameon=False)
+    for j in range(n, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    band = {"se": "mean ± 1 s.e.", "bootstrap95": "mean, 95% bootstrap CI", "none": "mean"}[spec.band]
+    title = textwrap.fill(spec.title, width=max(30, int(11 * w * ncols)))  # ~11 characters per inch
+    fig.suptitle(f"{title}\n({band} over seeds)", fontsize="medium")
+    label = stand_in_label(table, scale)
+    if label is not None:
+        fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize="small", color="#b00000", alpha=0.85)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    return fig, warnings_out
+
+
+def _draw_references(ax: plt.Axes, panel: PanelSpec, scale: str, colors: dict[str, object]) -> None:
+    """The paper's values: dotted horizontal lines, plus (x, y) markers where the x axis is the paper's."""
+    for ref in panel.reference:
+        color = colors.get(ref.line, "0.3") if ref.line else "0.3"
+        ax.axhline(ref.y, color=color, linestyle=":", linewidth=0.9, alpha=0.8)
+        if ref.x is not None and scale == PAPER_SCALE:
+            ax.plot([ref.x * panel.x.scale], [ref.y], marker="x", color=color, markersize=6, linestyle="none")
+        ax.annotate(
+            ref.label,
+            xy=(1.0, ref.y),
+            xycoords=("axes fraction", "data"),
+            xytext=(-2, 2),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize="xx-small",
+            color=color,
+        )
+
+
+def save_figure(fig: plt.Figure, png: str | Path, pdf: str | Path) -> None:
+    """Write PNG and PDF atomically with dates and versions stripped (byte-stable)."""
+    atomic_write(Path(png), lambda tmp: fig.savefig(tmp, format="png", metadata=PNG_METADATA))
+    atomic_write(Path(pdf), lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA))
+    plt.close(fig)
+
+
+def make_figure(
+    spec: FigureSpec,
+    table: pd.DataFrame,
+    scale: str,
+    style: StyleSpec,
+    png: str | Path,
+    pdf: str | Path,
+    figure_id: str = "figure",
+) -> list[str]:
+    """Draw and save one figure; returns warnings (lines with no data at this scale)."""
+    if table.empty:
+        raise DataError(f"{figure_id}: the aggregate of {spec.experiment} is empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)  # tight_layout on tiny test figures
+        fig, out = draw_figure(spec, table, scale, style, figure_id)
+        save_figure(fig, png, pdf)
+    return out

@@ -1,0 +1,121 @@
+"""DVC (issue #3, items 4-5): `dvc repro` is idempotent, and cached results rebuild every figure from a
+fresh clone without a single training job."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_helpers import ROOT, dvc, env_for, fresh_copy, git, run, snakemake, training_jobs
+
+SCALE_LINES = {"  - scale: demo": "  - scale: smoke"}
+SUBSET = ("scr", "permuted_mnist")  # two quick experiments keep the DVC tests to minutes
+
+
+def _params_experiments(root: Path) -> set[str]:
+    return {
+        yaml.safe_load(p.read_text())["experiment"]
+        for p in (root / "params").glob("*.yaml")
+        if p.name != "figures.yaml"
+    }
+
+
+def test_dvc_pipelines_are_generated_from_the_params_files():
+    """dvc.yaml files follow params/*.yaml (workflow/scripts/dvc_pipeline.py): a new experiment gets its stage."""
+    proc = subprocess.run(
+        [sys.executable, "workflow/scripts/dvc_pipeline.py", "--check"],
+        cwd=ROOT,
+        env=env_for(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "workflow/dvc/paper/dvc.yaml"])
+def test_every_experiment_has_a_dvc_stage(dvc_file):
+    """Each experiment: its stage keeps finished runs (persist) and keeps checkpoints off the push."""
+    stages = yaml.safe_load((ROOT / dvc_file).read_text())["stages"]
+    exps = _params_experiments(ROOT)
+    assert {s.removeprefix("train_") for s in stages if s.startswith("train_")} == exps
+    fig_deps = set(stages["figures"]["deps"])
+    assert {f"results/agg/{e}-${{scale}}.parquet" for e in exps} <= fig_deps
+    for e in exps:
+        outs = stages[f"train_{e}"]["outs"]
+        (runs,) = [o for o in outs if isinstance(o, dict) and f"results/runs/{e}/${{scale}}" in o]
+        assert runs[f"results/runs/{e}/${{scale}}"]["persist"] is True
+        (models,) = [o for o in outs if isinstance(o, dict) and f"results/models/{e}/${{scale}}" in o]
+        assert models[f"results/models/{e}/${{scale}}"]["push"] is False
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory) -> tuple[Path, Path, str]:
+    """A fresh copy (of two experiments) at smoke scale with local remotes, after one `dvc repro`."""
+    base = tmp_path_factory.mktemp("dvc")
+    ws = fresh_copy(base / "lop")
+    for p in (ws / "params").glob("*.yaml"):
+        if p.name != "figures.yaml" and yaml.safe_load(p.read_text())["experiment"] not in SUBSET:
+            p.unlink()
+    run([sys.executable, "workflow/scripts/dvc_pipeline.py"], ws, timeout=300)
+    text = (ws / "dvc.yaml").read_text()
+    for old, new in SCALE_LINES.items():
+        assert old in text, f"dvc.yaml no longer has {old!r}; update the test"
+        text = text.replace(old, new)
+    (ws / "dvc.yaml").write_text(text)
+    remote = base / "remote"
+    for name in ("results", "data", "models"):
+        dvc(ws, "remote", "modify", "--local", name, "url", str(remote / name), timeout=120)
+    proc = dvc(ws, "repro", timeout=1200)
+    return ws, remote, proc.stdout + proc.stderr
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_repro_runs_everything_then_nothing(dvc_repo):
+    ws, _, first = dvc_repo
+    assert "Running stage 'figures'" in first
+    assert list((ws / "results/figures/smoke").glob("*.png"))
+    lock = (ws / "dvc.lock").read_text()
+    second = dvc(ws, "repro", timeout=600)
+    out = second.stdout + second.stderr
+    assert "Running stage" not in out, out
+    assert (ws / "dvc.lock").read_text() == lock
+    status = dvc(ws, "status", "dvc.yaml", timeout=300)  # the paper pipeline is not built here
+    assert "up to date" in status.stdout
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_cached_results_rebuild_every_figure_without_training(dvc_repo, tmp_path):
+    ws, remote, _ = dvc_repo
+    dvc(ws, "push", timeout=600)
+    assert list((remote / "results").rglob("*"))
+    assert not (remote / "models").exists()  # checkpoints stay off the default push
+    git(ws, "add", "-A")
+    git(ws, "commit", "-qm", "results of the smoke pipeline")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(ws), str(clone))
+    for name in ("results", "data", "models"):
+        dvc(clone, "remote", "modify", "--local", name, "url", str(remote / name), timeout=120)
+    dvc(clone, "pull", "--allow-missing", timeout=600)
+    figures = {p.name: p.read_bytes() for p in (ws / "results/figures/smoke").glob("*.p*")}
+    for p in (clone / "results/figures/smoke").glob("*"):
+        p.unlink()
+    for p in (clone / "results/agg").glob("*.parquet"):
+        p.unlink()
+
+    proc = snakemake(
+        clone, "figures", "--cores", "2", "--config", "scale=smoke", "from_cache=true", timeout=600
+    )
+    out = proc.stdout + proc.stderr
+    assert training_jobs(out) == 0
+    assert re.search(r"aggregate\s+\d+", out) and "figure__" in out
+    assert not list((clone / "results/logs").glob("*/smoke/train/*.log"))
+    rebuilt = {p.name: p.read_bytes() for p in (clone / "results/figures/smoke").glob("*.p*")}
+    assert rebuilt == figures

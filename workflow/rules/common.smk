@@ -1,0 +1,147 @@
+# Shared state of the pipeline, computed once at parse time (docs/pipeline.md).
+#
+# Every params file is loaded and validated here, before any job is scheduled: a bad file stops the
+# pipeline with the file and key in the message. Jobs come from lop.params.expand_jobs; figures from the
+# registry params/figures.yaml, keeping only those whose experiment has a params file with this scale.
+
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from lop.analysis.registry import load_registry
+from lop.config import to_dict
+from lop.errors import LopError
+from lop.params import expand_jobs, list_param_files, load_params
+
+# workflow/scripts, whether the entry point is ./Snakefile or workflow/Snakefile
+sys.path.insert(0, str(next(p for p in (Path(workflow.basedir) / "scripts", Path(workflow.basedir) / "workflow" / "scripts") if p.is_dir())))
+from plan import job_data_dirs, job_settings  # noqa: E402
+
+
+def _flag(value) -> bool:
+    """--config booleans: true/false, 1/0, yes/no."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+SCALE = str(config.get("scale", "demo"))
+FROM_CACHE = _flag(config.get("from_cache", False))
+DEVICE = config.get("device")  # None: each scale's `device` from its params file
+PARAMS_DIR = Path(config.get("params_dir", "params"))
+REGISTRY_FILE = Path(config.get("figures", str(PARAMS_DIR / "figures.yaml")))
+RESULTS = Path(config.get("results", "results"))
+# Restrict the run to some experiments (every params file is still validated): experiments=scr,permuted_mnist
+ONLY = config.get("experiments")
+ONLY = set(ONLY.split(",") if isinstance(ONLY, str) else ONLY) if ONLY else None
+RUNS = RESULTS / "runs"
+LOGS = RESULTS / "logs"
+BENCH = RESULTS / "benchmarks"
+
+
+def _load():
+    """(params by experiment, jobs by experiment, registry); a LopError becomes one clear WorkflowError."""
+    params, jobs = {}, {}
+    try:
+        for path in list_param_files(PARAMS_DIR):
+            p = load_params(path)
+            if p.experiment in params:
+                raise WorkflowError(f"{path}: experiment {p.experiment!r} also defined in {params[p.experiment][0]}")
+            params[p.experiment] = (Path(path), p)
+        unknown = sorted((ONLY or set()) - set(params))
+        if unknown:
+            raise WorkflowError(f"--config experiments: no params file for {', '.join(unknown)}")
+        for exp, (path, p) in params.items():
+            if SCALE in p.data.scales and (ONLY is None or exp in ONLY):
+                jobs[exp] = expand_jobs(p, SCALE)
+        registry = load_registry(REGISTRY_FILE)
+    except LopError as e:
+        raise WorkflowError(f"invalid configuration: {e}") from None
+    return params, jobs, registry
+
+
+PARAMS, JOBS, REGISTRY = _load()
+EXPERIMENTS = sorted(JOBS)
+FIGURES = REGISTRY.for_experiments(EXPERIMENTS)
+_skipped = sorted(set(REGISTRY.figures) - set(FIGURES))
+if _skipped:
+    print(
+        f"[lop] scale {SCALE}: skipping figure(s) {', '.join(_skipped)} (their experiment has no params file "
+        f"with this scale, or is not in --config experiments)",
+        file=sys.stderr,
+    )
+
+
+def runs_dir(experiment: str) -> Path:
+    return RUNS / experiment / SCALE
+
+
+def job_outputs(experiment: str, job) -> list[str]:
+    """A job's run.json files (the contract) and their metrics.parquet siblings."""
+    base = runs_dir(experiment)
+    out = []
+    for rel in job.outputs:
+        run_json = base / rel
+        out += [str(run_json), str(run_json.with_name("metrics.parquet"))]
+    return out
+
+
+def run_files(experiment: str) -> list[str]:
+    """Every run.json of an experiment at this scale (the aggregate's inputs)."""
+    return [str(runs_dir(experiment) / rel) for job in JOBS[experiment] for rel in job.outputs]
+
+
+def job_fingerprint(experiment: str, job) -> str:
+    """What a job's results depend on, as canonical JSON: tracked by Snakemake's `params` rerun trigger.
+
+    The job itself (method, settings, seeds, command line) and each of its settings' fully resolved
+    method config and problem, never another method's: editing one method's grid reruns only that
+    method's jobs. Resources are left out (more memory does not change a result).
+    """
+    desc = {k: v for k, v in asdict(job).items() if k != "resources"}
+    desc["settings"] = {
+        s.setting_id: {"values": s.values, "config": to_dict(s.config), "problem": to_dict(s.problem)}
+        for s in job_settings(PARAMS[experiment][1], SCALE, job)
+    }
+    return json.dumps(desc, sort_keys=True, default=str)
+
+
+def job_data(experiment: str, job) -> list[str]:
+    """The prepared-data folders a job reads (workflow/scripts/plan.py), so Snakemake prepares them first."""
+    return job_data_dirs(PARAMS[experiment][1], SCALE, job)
+
+
+def train_command(job) -> str:
+    """`lop run` arguments of a job (the params file's device unless --config device=... is given)."""
+    args = ["--params", job.params_path, "--scale", job.scale, *job.cli_args]
+    args += ["--models-dir", str(RESULTS / "models" / job.experiment / job.scale)]  # snapshots if the scale asks
+    if DEVICE:
+        args += ["--device", DEVICE]
+    return shlex.join(args)
+
+
+def rule_name(*parts: str) -> str:
+    return "__".join("".join(c if c.isalnum() else "_" for c in p) for p in parts)
+
+
+def figure_files(figure_id: str) -> list[str]:
+    base = RESULTS / "figures" / SCALE
+    return [str(base / f"{figure_id}.png"), str(base / f"{figure_id}.pdf")]
+
+
+def aggregate_file(experiment: str) -> str:
+    return str(RESULTS / "agg" / f"{experiment}-{SCALE}.parquet")
+
+
+if FROM_CACHE:
+    # Cached results: the runs come from `dvc pull`, never from training (docs/cached-results.md).
+    _missing = [f for exp in EXPERIMENTS for f in run_files(exp) if not Path(f).is_file()]
+    if _missing:
+        raise WorkflowError(
+            f"from_cache: {len(_missing)} run(s) of scale {SCALE} are not here, e.g. {_missing[0]}; "
+            "fetch them with `dvc pull` (or run without from_cache=true to train them)"
+        )

@@ -1,0 +1,48 @@
+"""What the pipeline plans from the params files: the data a job reads (shared by the Snakefile and
+dvc_pipeline.py; no Snakemake or DVC imports here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lop.config import to_dict
+
+PREPARED = "data/prepared/"
+
+
+def problem_data_dirs(problem: Any) -> list[str]:
+    """Prepared-data folders a problem reads: each value under data/prepared/, except where the problem
+    names another ``dataset`` (``dataset: digits``, embedded, leaves ``data_dir`` unused)."""
+    values = to_dict(problem)
+    dataset = values.get("dataset")
+    found = set()
+    for value in values.values():
+        if isinstance(value, str) and value.startswith(PREPARED):
+            folder = value.rstrip("/")
+            if dataset is None or Path(folder).name == dataset:
+                found.add(folder)
+    return sorted(found)
+
+
+def job_settings(params: Any, scale: str, job: Any) -> list[Any]:
+    """The `lop.params.Setting`s (resolved method config + problem) of one job of `expand_jobs`."""
+    by_id = {s.setting_id: s for s in params.method_settings(scale, job.method)}
+    return [by_id[sid] for sid in job.setting_ids]
+
+
+def job_data_dirs(params: Any, scale: str, job: Any) -> list[str]:
+    """Prepared-data folders of one job of `lop.params.expand_jobs`."""
+    return sorted({d for s in job_settings(params, scale, job) for d in problem_data_dirs(s.problem)})
+
+
+def experiment_data_dirs(params: Any, scale: str) -> list[str]:
+    """Prepared-data folders of every job of an experiment at one scale."""
+    return sorted(
+        {
+            d
+            for settings in params.settings[scale].values()
+            for s in settings
+            for d in problem_data_dirs(s.problem)
+        }
+    )
