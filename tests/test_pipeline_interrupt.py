@@ -26,8 +26,16 @@ def _finished(ws: Path) -> dict[Path, tuple[int, bytes]]:
 def test_killed_job_resumes_from_its_checkpoint(tmp_path):
     ws = fresh_copy(tmp_path / "lop")
     ckpt = {"LOP_RUN_EXTRA_ARGS": "--checkpoint-every 1"}
-    crashed = snakemake(
-        ws, *TARGET, "--cores", "2", check=False, timeout=600, LOP_CRASH_AFTER_UNIT="1", **ckpt
+    crashed = snakemake(  # --keep-going: every job starts (and is killed), however the jobs interleave
+        ws,
+        *TARGET,
+        "--cores",
+        "2",
+        "--keep-going",
+        check=False,
+        timeout=600,
+        LOP_CRASH_AFTER_UNIT="1",
+        **ckpt,
     )
     assert crashed.returncode != 0
     n_jobs = training_jobs(crashed.stdout + crashed.stderr)

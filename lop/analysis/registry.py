@@ -161,8 +161,6 @@ def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
         registry = from_dict(Registry, data)
     except ConfigError as e:
         raise ConfigError(str(path), str(e)) from e
-    except TypeError as e:  # a required key is missing (lop.config.from_dict passes it through)
-        raise ConfigError(str(path), f"a required key is missing: {e}") from e
     for fid in registry.figures:
         if not fid.replace("_", "").isalnum():
             raise ConfigError(str(path), f"figures.{fid}: figure ids may hold only letters, digits and _")
