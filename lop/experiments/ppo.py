@@ -22,6 +22,7 @@ are NaN.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -82,9 +83,8 @@ class PPOProblem:
         return EnvConfig(name=self.env, **{k: getattr(self, k) for k in _ENV_KEYS})
 
     def ppo_settings(self) -> PPOSettings:
-        return PPOSettings(
-            self.rollout, self.epochs, self.minibatch, self.gamma, self.lam, self.clip, self.value_coef
-        )
+        """The PPO hyperparameters among these settings (same field names as `PPOSettings`)."""
+        return PPOSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PPOSettings)})
 
     @property
     def n_updates(self) -> int:
