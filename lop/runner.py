@@ -1,8 +1,9 @@
 """Train a group of runs: checkpoint, resume, and write per-run results (the run contract).
 
 Per run: ``<out>/<method>/<setting_id>/seed-<seed>/metrics.parquet`` (tidy: step, metric, value)
-then ``run.json`` (resolved config, provenance, status). The group checkpoints atomically to
-``<out>/.checkpoints/<group-hash>.pt`` and a re-run after a kill resumes from it.
+then ``run.json`` (resolved config, provenance, status, and ``stand_in`` = the trainer's `Trainer.stand_in`).
+The group checkpoints atomically to ``<out>/.checkpoints/<group-hash>.pt`` and a re-run after a kill resumes
+from it.
 """
 
 from __future__ import annotations
@@ -244,6 +245,7 @@ def run_group(
             "setting": run.setting,
             "setting_id": run.setting_id,
             "seed": run.seed,
+            "stand_in": bool(trainer.stand_in),
             "config": cfg,
             **meta,
         }

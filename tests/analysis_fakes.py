@@ -21,8 +21,10 @@ def write_run(
     diverged_at: int | None = None,
     experiment: str = "toy",
     scale: str = "demo",
+    stand_in: bool | None = None,
 ) -> Path:
-    """Write ``metrics.parquet`` then ``run.json`` for one run; returns the run.json path."""
+    """Write ``metrics.parquet`` then ``run.json`` for one run; returns the run.json path
+    (``stand_in=None`` leaves the key out, like runs written before it existed)."""
     folder = root / method / setting_id / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     frames = [
@@ -41,6 +43,8 @@ def write_run(
         "seed": seed,
         "config": {"method": setting or {}},
     }
+    if stand_in is not None:
+        run["stand_in"] = stand_in
     (folder / "run.json").write_text(json.dumps(run, indent=2))
     return folder / "run.json"
 

@@ -51,6 +51,28 @@ def test_diverged_status_is_kept(tmp_path):
     assert runs.loc[1, "status"] == "complete" and pd.isna(runs.loc[1, "diverged_at"])
 
 
+def test_stand_in_column_comes_from_run_json_and_defaults_to_false(tmp_path):
+    step = np.arange(3)
+    write_run(tmp_path, "bp", "a", 0, {"loss": (step, step * 1.0)}, stand_in=True)
+    write_run(tmp_path, "bp", "a", 1, {"loss": (step, step * 1.0)}, stand_in=False)
+    write_run(tmp_path, "bp", "a", 2, {"loss": (step, step * 1.0)})  # written before the key existed
+    table = aggregate_runs(tmp_path)
+    assert "stand_in" in BASE_COLUMNS and table["stand_in"].dtype == bool
+    assert table.drop_duplicates("seed").set_index("seed")["stand_in"].to_dict() == {
+        0: True,
+        1: False,
+        2: False,
+    }
+    out = write_aggregate(table, tmp_path / "agg.parquet")
+    assert read_aggregate(out)["stand_in"].tolist() == table["stand_in"].tolist()
+    write_aggregate(table.drop(columns="stand_in"), out)  # an aggregate written before the column existed
+    back = read_aggregate(out)
+    assert list(back.columns) == list(table.columns) and not back["stand_in"].any()
+    write_run(tmp_path, "bp", "a", 3, {"loss": (step, step * 1.0)}, stand_in="yes")
+    with pytest.raises(DataError, match=r"seed-3/run\.json: 'stand_in' must be true or false"):
+        aggregate_runs(tmp_path)
+
+
 @pytest.mark.parametrize(
     "corrupt, match",
     [

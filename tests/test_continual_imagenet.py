@@ -3,6 +3,7 @@ the ConvNet, batch independence, resume after SIGKILL, bad inputs, params file."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -211,6 +212,23 @@ def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
     for k in a:
         pd.testing.assert_frame_equal(a[k], b[k], check_exact=True)
         assert sorted(a[k]["step"].unique().tolist()) == [1, 2, 3]
+
+
+def test_runs_on_stand_in_data_say_so_up_to_the_figure_label(data_dir, tmp_path):
+    from lop.analysis.aggregate import aggregate_runs
+    from lop.analysis.figures import stand_in_label
+
+    params = _params_file(tmp_path, data_dir)
+    out = tmp_path / "runs"
+    r = run_lop(
+        "run", "--params", str(params), "--scale", "smoke", "--method", "cbp", "--out", str(out), cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr
+    infos = [json.loads(p.read_text()) for p in sorted(out.rglob("run.json"))]
+    assert len(infos) == 2 and all(i["stand_in"] is True for i in infos)
+    table = aggregate_runs(out)
+    assert table["stand_in"].dtype == bool and table["stand_in"].all()
+    assert stand_in_label(table, "paper") == "paper scale — stand-in data"
 
 
 def test_params_file_encodes_the_paper_protocol():

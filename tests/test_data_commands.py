@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lop.data import commands
+from lop.data.artifact import prepared_stand_in
 from lop.errors import DataError
 
 
@@ -52,6 +53,23 @@ def test_standin_prepare_verify_round_trip(tmp_path, capsys):
     assert "10 files verified" in capsys.readouterr().out
     m = json.loads((out / "manifest.json").read_text())
     assert (m["n_classes"], m["per_class"], m["n_train"]) == (10, 70, 60)
+    assert m["stand_in"] is True and json.loads((raw / "standin.json").read_text())["generator"]
+
+
+def test_manifests_without_the_stand_in_key_still_verify(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "prepared" / "imagenet32"
+    _run(["data", "standin", "imagenet32", "--raw", str(raw), "--size", "small"])
+    _run(["data", "prepare", "imagenet32", "--raw", str(raw), "--out", str(out), "--no-verify"])
+    path = out / "manifest.json"
+    m = json.loads(path.read_text())
+    del m["stand_in"]
+    for source, want in (("standin", True), ("official", False)):  # written before the key existed
+        path.write_text(json.dumps({**m, "source": source}))
+        assert _run(["data", "verify", str(out)]) == 0
+        assert prepared_stand_in(out, "imagenet32") is want
+    path.write_text(json.dumps({**m, "stand_in": "yes"}))
+    with pytest.raises(DataError, match="'stand_in' must be true or false"):
+        _run(["data", "verify", str(out)])
 
 
 def test_verify_detects_corruption(tmp_path):

@@ -125,6 +125,27 @@ def test_without_standin_json_the_official_md5s_are_required(raw, tmp_path):
         mnist.prepare_mnist(r, tmp_path / "out")
 
 
+def test_stand_in_flag_follows_the_marker_into_the_manifest_and_the_experiment(
+    raw, prepared, tmp_path, monkeypatch
+):
+    from lop.experiments.permuted_mnist import PermutedMNISTProblem, dataset_stand_in
+
+    m = json.loads((prepared / "manifest.json").read_text())
+    assert m["stand_in"] is True and m["source"] == "standin"
+    assert dataset_stand_in(PermutedMNISTProblem(data_dir=str(prepared))) is True
+    assert dataset_stand_in(PermutedMNISTProblem(dataset="digits", data_dir=str(tmp_path / "none"))) is True
+    # The same files without standin.json, accepted as official (md5s declared official): not a stand-in.
+    r = _copy_raw(raw, tmp_path / "raw")
+    (r / "standin.json").unlink()
+    monkeypatch.setattr(mnist, "FILES", {n: md5sum(r / n) for n in mnist.FILES})
+    monkeypatch.setattr(mnist, "N_TRAIN", N_TRAIN)
+    monkeypatch.setattr(mnist, "N_TEST", N_TEST)
+    out = mnist.prepare_mnist(r, tmp_path / "out")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stand_in"] is False and m["source"] == "official"
+    assert dataset_stand_in(PermutedMNISTProblem(data_dir=str(out))) is False
+
+
 def test_missing_raw_file_says_where_to_put_it(tmp_path):
     with pytest.raises(
         DataError, match=r"not found\. Put the four official MNIST files.*lop data download mnist"

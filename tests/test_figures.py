@@ -189,6 +189,18 @@ def test_stand_in_label_only_off_paper_scale(tmp_path):
     assert not any("stand-in" in t.get_text() for t in fig.texts)
 
 
+def test_stand_in_runs_are_labelled_even_at_paper_scale(tmp_path):
+    step = np.arange(5)
+    real = tmp_path / "real"
+    for seed in (0, 1):
+        write_run(real, "bp", "a", seed, {"loss": (step, step * 1.0)}, scale="paper", stand_in=False)
+    assert stand_in_label(aggregate_runs(real), "paper") is None
+    mixed = tmp_path / "mixed"
+    write_run(mixed, "bp", "a", 0, {"loss": (step, step * 1.0)}, scale="paper", stand_in=False)
+    write_run(mixed, "cbp", "b", 0, {"loss": (step, step * 1.0)}, scale="paper", stand_in=True)
+    assert stand_in_label(aggregate_runs(mixed), "paper") == "paper scale — stand-in data"
+
+
 def test_diverged_runs_are_counted_in_the_legend(tmp_path):
     step = np.arange(10)
     write_run(tmp_path, "bp", "a", 0, {"loss": (step[:4], step[:4] * 1.0)}, status="diverged", diverged_at=4)

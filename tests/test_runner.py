@@ -34,6 +34,7 @@ def test_outputs_follow_the_contract(tmp_path):
             assert info["config"]["problem"]["n_examples"] == 2000
             for key in ("versions", "git_commit", "device", "wall_time_s", "started", "finished"):
                 assert key in info
+            assert info["stand_in"] is False  # SCR has no dataset
     assert not list((out / ".checkpoints").glob("*.pt"))
 
 
@@ -68,6 +69,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, params):
     assert r.returncode == 0 and "resumed" in r.stderr
     ma, mb = _metrics(full), _metrics(killed)
     assert ma.keys() == mb.keys() and ma
+    stand_in = "permuted_mnist" in params[2]  # its smoke scale trains on the embedded 8x8 digits
+    run_jsons = [*full.rglob("run.json"), *killed.rglob("run.json")]
+    assert {json.loads(p.read_text())["stand_in"] for p in run_jsons} == {stand_in}
     for k in ma:
         pd.testing.assert_frame_equal(ma[k], mb[k], check_exact=True)
 

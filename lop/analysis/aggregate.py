@@ -3,12 +3,14 @@
 A run folder ``<runs>/<method>/<setting_id>/seed-<seed>/`` holds ``metrics.parquet`` (step, metric,
 value) and ``run.json`` (docs/architecture.md). The aggregate has one row per (run, step, metric):
 
-    experiment, scale, method, setting_id, seed, status, diverged_at, step, metric, value,
+    experiment, scale, method, setting_id, seed, status, diverged_at, stand_in, step, metric, value,
     <hyperparameter columns>
 
 where the hyperparameter columns are the run's ``setting`` (the grid values that define it), nested
 keys joined with ``.`` (``lr``, ``cbp.replacement_rate``). Rows are sorted, so the same runs always give
-the same table.
+the same table. ``stand_in`` (bool) is the run's ``run.json`` flag (false when absent, as in runs written
+before it existed); figures made from a table with any stand-in run carry a "stand-in data" label at every
+scale.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from lop.io import atomic_write
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
-RUN_COLUMNS = ("experiment", "scale", "method", "setting_id", "seed", "status", "diverged_at")
+RUN_COLUMNS = ("experiment", "scale", "method", "setting_id", "seed", "status", "diverged_at", "stand_in")
 METRIC_COLUMNS = ("step", "metric", "value")
 BASE_COLUMNS = (*RUN_COLUMNS, *METRIC_COLUMNS)
 STATUSES = ("complete", "diverged")
@@ -64,6 +66,8 @@ def read_run(run_json: Path) -> dict[str, Any]:
         )
     if run["status"] not in STATUSES:
         raise DataError(f"{run_json}: status {run['status']!r} is not one of {', '.join(STATUSES)}")
+    if not isinstance(run.get("stand_in", False), bool):
+        raise DataError(f"{run_json}: 'stand_in' must be true or false, got {run['stand_in']!r}")
     return run
 
 
@@ -119,6 +123,7 @@ def _run_table(runs: list[dict[str, Any]], sources: list[Path]) -> pd.DataFrame:
                 "seed": int(run["seed"]),
                 "status": run["status"],
                 "diverged_at": run.get("diverged_at"),
+                "stand_in": run.get("stand_in", False),
                 **hp,
             }
         )
@@ -133,6 +138,7 @@ def _run_table(runs: list[dict[str, Any]], sources: list[Path]) -> pd.DataFrame:
             "seed": pd.Series([r["seed"] for r in rows], dtype="int64"),
             "status": pd.Series([r["status"] for r in rows], dtype="string"),
             "diverged_at": pd.Series([r["diverged_at"] for r in rows], dtype="Int64"),
+            "stand_in": pd.Series([r["stand_in"] for r in rows], dtype="bool"),
         }
     )
     for k in hp_keys:
@@ -199,7 +205,9 @@ def read_aggregate(path: str | Path) -> pd.DataFrame:
         table = pq.read_table(path).to_pandas()
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{path}: unreadable Parquet ({e}); delete it and rebuild it") from e
-    missing = [c for c in BASE_COLUMNS if c not in table.columns]
+    missing = [c for c in BASE_COLUMNS if c not in table.columns and c != "stand_in"]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; rebuild it with `lop aggregate`")
+    if "stand_in" not in table.columns:  # an aggregate written before the column existed
+        table.insert(list(table.columns).index("diverged_at") + 1, "stand_in", False)
     return table

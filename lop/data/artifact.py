@@ -2,7 +2,8 @@
 
 Writers build the whole folder in a temporary sibling and swap it in at the end, so a folder holding a
 ``manifest.json`` is always complete. Loaders verify sha256 (optional), shapes and dtypes and raise
-`DataError` naming the file and the command that re-creates it.
+`DataError` naming the file and the command that re-creates it. The manifest records ``stand_in`` (true when
+the raw files were a stand-in, see `lop.data.standins`), which experiments copy into every run's ``run.json``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class ArtifactWriter:
             "format_version": FORMAT_VERSION,
             "dataset": self.dataset,
             "source": self.source,
+            "stand_in": self.source == "standin",
             "files": files,
             "lop_version": __version__,
             **facts,
@@ -140,7 +142,24 @@ def read_manifest(prepared_dir: str | os.PathLike[str], dataset: str, missing: s
     m = read_json(path)
     if m.get("dataset") != dataset or not isinstance(m.get("files"), dict):
         raise DataError(f"{path}: not a prepared {dataset} manifest (dataset={m.get('dataset')!r})")
+    manifest_stand_in(m, path)
     return m
+
+
+def manifest_stand_in(manifest: dict[str, Any], path: str | os.PathLike[str] = MANIFEST) -> bool:
+    """Whether a manifest describes stand-in data. Manifests written before the ``stand_in`` key existed
+    count as stand-in only when their ``source`` is ``"standin"`` (missing = false otherwise)."""
+    value = manifest.get("stand_in", manifest.get("source") == "standin")
+    if not isinstance(value, bool):
+        raise DataError(f"{path}: 'stand_in' must be true or false, got {value!r}; re-run `lop data prepare`")
+    return value
+
+
+def prepared_stand_in(prepared_dir: str | os.PathLike[str], dataset: str) -> bool:
+    """The ``stand_in`` flag of a prepared artifact (read from its ``manifest.json``)."""
+    prepared_dir = Path(prepared_dir)
+    missing = f"{prepared_dir / MANIFEST}: not found; run `{prepare_command(dataset, prepared_dir)}`"
+    return manifest_stand_in(read_manifest(prepared_dir, dataset, missing), prepared_dir / MANIFEST)
 
 
 def load_array(
@@ -197,6 +216,7 @@ def verify_artifact(prepared_dir: str | os.PathLike[str]) -> dict[str, Any]:
     m = read_json(path)
     if not isinstance(m.get("files"), dict) or not isinstance(m.get("dataset"), str):
         raise DataError(f"{path}: malformed manifest (needs 'dataset' and 'files')")
+    manifest_stand_in(m, path)
     fix = f"re-run `{prepare_command(m['dataset'], prepared_dir)}`"
     for name in m["files"]:
         load_array(prepared_dir, m, name, verify=True, mmap=True, fix=fix)

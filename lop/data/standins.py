@@ -1,8 +1,9 @@
 """Deterministic, learnable stand-ins written in the EXACT official raw formats (PROTOCOLS §8).
 
 For machines without the real datasets (tests, CI, demos). Each generator writes the official file names
-and formats plus ``standin.json`` (md5 of every file, sizes), which `lop data prepare` accepts in place of
-the official checksums and records as ``source: standin`` in the prepared manifest.
+and formats plus the marker ``standin.json`` (generator, seed, sizes, md5 of every file), which
+`lop data prepare` accepts in place of the official checksums and records as ``source: standin`` and
+``stand_in: true`` in the prepared manifest (runs trained on it record ``stand_in: true`` in ``run.json``).
 
 * MNIST: scikit-learn's 8×8 digits, bilinearly resampled into 28×28 with a random scale and shift per
   example, random gain and pixel noise; the train file draws on digits 0..1499, the test file on

@@ -40,6 +40,7 @@ class Trainer(ABC):
 
     n_units: int
     unit_name: str = "unit"
+    stand_in: bool = False  # True when the data are a stand-in (copied into every run.json)
 
     @abstractmethod
     def train_unit(self, unit: int) -> list[MetricBlock]:

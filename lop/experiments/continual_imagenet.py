@@ -97,6 +97,7 @@ class ContinualImageNetTrainer(Trainer):
             test_per_class=problem.test_per_class,
             verify=problem.verify_data,
         )
+        self.stand_in = self.data.stand_in
         if self.data.n_classes < problem.classes_per_task:
             raise DataError(
                 f"{problem.data_dir}: {self.data.n_classes} classes, fewer than problem.classes_per_task"

@@ -7,7 +7,8 @@ on each example *before* the update on it, averaged per task. At the start of ev
 hidden layer: dead units, effective rank, approximate rank, and the weight magnitude.
 
 `dataset: digits` swaps MNIST for scikit-learn's embedded 8×8 digits (64 inputs, 1,797 examples): the
-offline "permuted digits" variant used by the demo scale.
+offline "permuted digits" variant used by the demo scale; such runs are recorded as ``stand_in: true``
+in ``run.json``, like runs on a prepared MNIST stand-in (real MNIST IDX files give ``false``).
 """
 
 from __future__ import annotations
@@ -80,6 +81,16 @@ def load_dataset(problem: PermutedMNISTProblem) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
+def dataset_stand_in(problem: PermutedMNISTProblem) -> bool:
+    """Whether the configured dataset is a stand-in: the embedded digits always, MNIST per its manifest."""
+    if problem.dataset == "digits":
+        return True
+    from lop.data.artifact import prepared_stand_in
+    from lop.data.mnist import DATASET
+
+    return prepared_stand_in(problem.data_dir, DATASET)
+
+
 class PermutedMNISTTrainer(Trainer):
     """Unit = `unit_examples` online steps (a task is one or more units)."""
 
@@ -90,6 +101,7 @@ class PermutedMNISTTrainer(Trainer):
         self.device = device
         self.streams = RunStreams([r.seed for r in runs], device)
         x, y = load_dataset(problem)
+        self.stand_in = dataset_stand_in(problem)
         self.x, self.y = x.to(device), y.to(device)
         self.n, self.dim = self.x.shape
         self.per_task = problem.examples_per_task or self.n

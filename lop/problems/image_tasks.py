@@ -138,10 +138,12 @@ def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
 # ---- Continual ImageNet data ------------------------------------------------------------------------
 @dataclass
 class ImageNetTensors:
-    """Prepared ImageNet32 classes on the device: train ``[K, n_train, 3, 32, 32]``, test ``[K, n_test, ...]``."""
+    """Prepared ImageNet32 classes on the device: train ``[K, n_train, 3, 32, 32]``, test
+    ``[K, n_test, ...]``; ``stand_in``: the artifact was prepared from stand-in files (its manifest's flag)."""
 
     train: torch.Tensor
     test: torch.Tensor
+    stand_in: bool = False
 
     @property
     def n_classes(self) -> int:
@@ -164,8 +166,8 @@ def load_imagenet_tensors(
     100 test). Missing or corrupt artifacts raise the loader's `DataError`; an artifact with fewer
     images than asked raises `DataError` naming the key to change.
     """
-    from lop.data.artifact import MANIFEST, read_json
-    from lop.data.imagenet32 import load_imagenet32
+    from lop.data.artifact import MANIFEST, prepared_stand_in, read_json
+    from lop.data.imagenet32 import DATASET, load_imagenet32
 
     data_dir = Path(data_dir)
     manifest = data_dir / MANIFEST
@@ -193,17 +195,19 @@ def load_imagenet_tensors(
         raise DataError(f"{data_dir}: needs at least 2 classes, found {tr.shape[0]}")
     train = torch.from_numpy(np.ascontiguousarray(tr[:, :train_per_class])).to(device)
     test = torch.from_numpy(np.ascontiguousarray(te[:, :test_per_class])).to(device)
-    return ImageNetTensors(train, test)
+    return ImageNetTensors(train, test, stand_in=prepared_stand_in(data_dir, DATASET))
 
 
 # ---- CIFAR-100 data ---------------------------------------------------------------------------------
 @dataclass
 class CifarTensors:
-    """Prepared CIFAR-100 on the device, per class: train/val/test ``[100, n, 3, 32, 32]`` uint8."""
+    """Prepared CIFAR-100 on the device, per class: train/val/test ``[100, n, 3, 32, 32]`` uint8;
+    ``stand_in``: the artifact was prepared from stand-in files (its manifest's flag)."""
 
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    stand_in: bool = False
 
 
 def _by_class(
@@ -241,7 +245,8 @@ def load_cifar_tensors(
     file order are validation) and 100 test images per class. A class with fewer images than the
     problem asks for raises `DataError` naming the class and the key.
     """
-    from lop.data.cifar100 import load_cifar100
+    from lop.data.artifact import prepared_stand_in
+    from lop.data.cifar100 import DATASET, load_cifar100
 
     data_dir = Path(data_dir)
     a = load_cifar100(data_dir, verify=verify)
@@ -260,7 +265,10 @@ def load_cifar_tensors(
         return torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
 
     return CifarTensors(
-        put(a["train_images"], tr_idx), put(a["train_images"], va_idx), put(a["test_images"], te_idx)
+        put(a["train_images"], tr_idx),
+        put(a["train_images"], va_idx),
+        put(a["test_images"], te_idx),
+        stand_in=prepared_stand_in(data_dir, DATASET),
     )
 
 
