@@ -4,7 +4,8 @@ Every parameter has a leading run axis S; the step size, momentum, betas and wei
 ``[S]`` tensors, so runs with different settings share one update. Weight decay is the coupled L2
 penalty of `torch.optim.SGD`/`Adam` (``g ← g + λ·w``), which is what the paper's L2 and the
 "shrink" of Shrink & Perturb use. Adam keeps a per-element step count so that continual
-backpropagation can reset the moments *and* the bias correction of replaced weights.
+backpropagation can reset the moments *and* the bias correction of replaced weights, or, where no
+state is ever reset, one count per run and PyTorch's fused kernel.
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ class BatchedSGD(BatchedOptimizer):
 
 
 class BatchedAdam(BatchedOptimizer):
-    """Adam (Kingma & Ba 2015) with per-element bias corrections.
+    """Adam (Kingma & Ba 2015), coupled L2 as in `torch.optim.Adam`, in one of two modes.
 
-    ``corr1 = 1 − β1^t`` and ``corr2 = 1 − β2^t`` are kept per element as running products
-    (c ← β·c + (1 − β)), so resetting an element's state to 0 restarts it at t = 0.
+    * ``per_element_steps=True`` (default): per-element bias corrections ``corr1 = 1 − β1^t`` and
+      ``corr2 = 1 − β2^t`` kept as running products (c ← β·c + (1 − β)), so resetting an element's
+      state to 0 (`state_views`, as continual backprop and ReDo do) restarts it at t = 0;
+    * ``per_element_steps=False``: one step count per run, and each run's rows go through PyTorch's
+      fused CPU/GPU Adam kernel (one pass over memory instead of a dozen tensor ops; ≈ 25× faster on a
+      CPU for PPO's 187k parameters per run). Runs with equal hyperparameters share a kernel call, which
+      treats every row on its own, so a run's numbers still do not depend on its batch. The state
+      cannot be reset per element here (`state_views` refuses).
     """
-
-    state_names = ("exp_avg", "exp_avg_sq", "corr1", "corr2")
 
     def __init__(
         self,
@@ -116,9 +121,58 @@ class BatchedAdam(BatchedOptimizer):
         beta2: torch.Tensor,
         eps: torch.Tensor,
         weight_decay: torch.Tensor,
+        per_element_steps: bool = True,
     ) -> None:
+        self.per_element_steps = per_element_steps
+        self.state_names = (
+            ("exp_avg", "exp_avg_sq", "corr1", "corr2") if per_element_steps else ("exp_avg", "exp_avg_sq")
+        )
         super().__init__(params, weight_decay)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        if not per_element_steps:
+            n = lr.shape[0]
+            self.steps = torch.zeros(n, dtype=torch.float32, device=lr.device)  # per-run step count t
+            settings = zip(lr.tolist(), beta1.tolist(), beta2.tolist(), eps.tolist(), weight_decay.tolist())
+            groups: dict[tuple[float, ...], list[int]] = {}
+            for run, key in enumerate(settings):
+                groups.setdefault(key, []).append(run)
+            self._groups = list(groups.items())
+            self._step_views = [[self.steps[r : r + 1].view(()) for r in runs] for _, runs in self._groups]
+            self._fixed_rows: list[tuple[list[torch.Tensor], ...]] | None = None
+
+    def step(self, grads: Sequence[torch.Tensor] | None = None) -> None:
+        if self.per_element_steps:
+            super().step(grads)
+            return
+        if grads is None:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        self._fused_step(grads)
+
+    def _rows(self, tensors: Sequence[torch.Tensor], runs: Sequence[int]) -> list[torch.Tensor]:
+        """Each tensor's rows (one contiguous ``[numel]`` view per run) for the runs `runs`."""
+        return [t.reshape(t.shape[0], -1)[r] for t in tensors for r in runs]
+
+    @torch.no_grad()
+    def _fused_step(self, grads: Sequence[torch.Tensor]) -> None:
+        if self._fixed_rows is None:  # parameters and state are updated in place: views stay valid
+            self._fixed_rows = [
+                (
+                    self._rows(self.params, runs),
+                    self._rows([st["exp_avg"] for st in self.state], runs),
+                    self._rows([st["exp_avg_sq"] for st in self.state], runs),
+                    [v for _ in self.params for v in step_views],
+                )
+                for (_, runs), step_views in zip(self._groups, self._step_views)
+            ]
+        self.steps += 1.0
+        grads = [g.contiguous() for g in grads]
+        for ((lr, b1, b2, eps, wd), runs), (p_rows, m_rows, v_rows, steps) in zip(
+            self._groups, self._fixed_rows
+        ):
+            torch._fused_adam_(
+                p_rows, self._rows(grads, runs), m_rows, v_rows, [], steps,
+                lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False,
+            )  # fmt: skip
 
     def _update(self, i: int, p: torch.Tensor, g: torch.Tensor) -> None:
         st = self.state[i]
@@ -130,11 +184,37 @@ class BatchedAdam(BatchedOptimizer):
         denom = (st["exp_avg_sq"] / st["corr2"]).sqrt_().add_(_bcast(self.eps, p))
         p.sub_(_bcast(self.lr, p) * (st["exp_avg"] / st["corr1"]) / denom)
 
+    def state_views(self, view: torch.Tensor) -> list[torch.Tensor]:
+        if not self.per_element_steps:
+            raise RuntimeError(
+                "this Adam keeps one step count per run (per_element_steps=False) and cannot reset single "
+                "elements; build it with per_element_steps=True for continual backprop/ReDo/head resets"
+            )
+        return super().state_views(view)
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        out = super().state_dict()
+        if not self.per_element_steps:
+            out["steps"] = [self.steps]
+        return out
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        super().load_state_dict(state)
+        if not self.per_element_steps:
+            self.steps.copy_(state["steps"][0])
+
 
 def make_optimizer(
-    params: Sequence[torch.Tensor], methods: Sequence[MethodConfig], device: torch.device | str
+    params: Sequence[torch.Tensor],
+    methods: Sequence[MethodConfig],
+    device: torch.device | str,
+    resettable: bool = True,
 ) -> BatchedOptimizer:
-    """The batched optimiser of a group of runs (all must use the same optimiser type)."""
+    """The batched optimiser of a group of runs (all must use the same optimiser type).
+
+    ``resettable=False`` promises that no optimiser state will be reset per element (no CBP, ReDo or
+    head reset), which lets Adam use the fused per-run kernel (`BatchedAdam`).
+    """
     kinds = {m.optimizer for m in methods}
     if len(kinds) != 1:
         raise ValueError(f"runs of one batch must share an optimiser, got {sorted(kinds)}")
@@ -142,11 +222,14 @@ def make_optimizer(
     wd = per_run([m.weight_decay for m in methods], device)
     if kinds == {"sgd"}:
         return BatchedSGD(params, lr, per_run([m.momentum for m in methods], device), wd)
+    # the fused kernel takes Python floats: keep them exact (float64) instead of rounding to float32
+    exact = torch.float32 if resettable else torch.float64
     return BatchedAdam(
         params,
-        lr,
-        per_run([m.betas[0] for m in methods], device),
-        per_run([m.betas[1] for m in methods], device),
-        per_run([m.eps for m in methods], device),
-        wd,
+        per_run([m.lr for m in methods], device, exact),
+        per_run([m.betas[0] for m in methods], device, exact),
+        per_run([m.betas[1] for m in methods], device, exact),
+        per_run([m.eps for m in methods], device, exact),
+        per_run([m.weight_decay for m in methods], device, exact),
+        per_element_steps=resettable,
     )

@@ -225,3 +225,33 @@ def test_clip_actions_option() -> None:
     assert np.array_equal(o_big, o_one) and np.array_equal(o_clip, o_one)
     assert r_clip == r_one
     assert r_big == pytest.approx(r_one - 0.5 * 8 * (25.0 - 1.0), abs=1e-9)
+
+
+# ---- the lean Ant step of the batched hot path ------------------------------------------------------
+@pytest.mark.parametrize("name", ["ant", "slippery_ant"])
+def test_lean_ant_step_is_bit_identical_to_gymnasium(name: str) -> None:
+    """`advance` (lean `AntStep`) and `step` (Gymnasium's AntEnv.step) give the same bits, terminations
+    included: strong random actions make the Ant flip and leave the healthy z range."""
+    lean, gym_env = make_env(name, 5, max_episode_steps=60), make_env(name, 5, max_episode_steps=60)
+    assert lean._fast_step is not None
+    assert np.array_equal(lean.reset()[0], gym_env.reset()[0])
+    rng = np.random.default_rng(0)
+    terminations = truncations = 0
+    for _ in range(400):
+        act = rng.uniform(-3.0, 3.0, lean.action_space.shape[0]).astype(np.float32)
+        o1, r1, te1, tr1, _ = lean.advance(act)
+        o2, r2, te2, tr2, info = gym_env.step(act)
+        assert np.array_equal(o1, o2) and o1.dtype == o2.dtype
+        assert r1 == r2 and (te1, tr1) == (te2, tr2)
+        assert "x_position" in info  # `step` went through Gymnasium's own AntEnv.step
+        assert np.array_equal(lean.sim.data.qpos, gym_env.sim.data.qpos)
+        if te1 or tr1:
+            terminations += te1
+            truncations += tr1
+            assert np.array_equal(lean.reset()[0], gym_env.reset()[0])
+    assert terminations >= 1 and truncations >= 1
+
+
+def test_lean_step_only_replaces_the_default_ant() -> None:
+    assert make_env("hopper", 0)._fast_step is None
+    assert make_env("ant", 0, sim_kwargs={"include_cfrc_ext_in_observation": False})._fast_step is None

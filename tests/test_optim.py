@@ -73,3 +73,56 @@ def test_state_views_mirror_a_view_of_a_parameter():
 def test_mixed_optimisers_rejected():
     with pytest.raises(ValueError):
         make_optimizer([torch.zeros(2, 1)], [MethodConfig(), MethodConfig(optimizer="adam")], "cpu")
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_fused_adam_equals_torch_per_run_and_ignores_its_batch(weight_decay):
+    """per_element_steps=False: each run = torch.optim.Adam on its own rows, whatever shares the batch."""
+    cfgs = [
+        MethodConfig(optimizer="adam", lr=1e-3, weight_decay=weight_decay),
+        MethodConfig(optimizer="adam", lr=3e-3, betas=(0.99, 0.99), weight_decay=weight_decay),
+        MethodConfig(optimizer="adam", lr=1e-3, weight_decay=weight_decay),
+    ]
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.randn(3, 5, 4, generator=gen), torch.randn(3, 5, generator=gen)]
+    grads_seq = [[torch.randn(3, 5, 4, generator=gen), torch.randn(3, 5, generator=gen)] for _ in range(7)]
+    batched = [p.clone() for p in params]
+    opt = make_optimizer(batched, cfgs, "cpu", resettable=False)
+    for grads in grads_seq:
+        opt.step(grads)
+    for k, cfg in enumerate(cfgs):
+        ref = _reference(
+            torch.optim.Adam,
+            [p[k] for p in params],
+            [[g[k] for g in gs] for gs in grads_seq],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            fused=True,
+        )
+        for b, r in zip(batched, ref):
+            assert torch.equal(b[k], r)
+        alone = [p[k : k + 1].clone() for p in params]
+        solo = make_optimizer(alone, [cfg], "cpu", resettable=False)
+        for grads in grads_seq:
+            solo.step([g[k : k + 1] for g in grads])
+        for b, a in zip(batched, alone):
+            assert torch.equal(b[k], a[0])
+
+
+def test_fused_adam_state_round_trips_and_refuses_element_resets():
+    w = torch.zeros(2, 6)
+    cfgs = [MethodConfig(optimizer="adam")] * 2
+    opt = make_optimizer([w], cfgs, "cpu", resettable=False)
+    opt.step([torch.ones_like(w)])
+    state = {k: [t.clone() for t in v] for k, v in opt.state_dict().items()}
+    w2 = w.clone()
+    opt2 = make_optimizer([w2], cfgs, "cpu", resettable=False)
+    opt2.load_state_dict(state)
+    g = torch.arange(12.0).view(2, 6)
+    opt.step([g])
+    opt2.step([g])
+    assert torch.equal(w, w2) and opt2.steps.tolist() == [2.0, 2.0]
+    with pytest.raises(RuntimeError, match="per_element_steps"):
+        opt.state_views(w)

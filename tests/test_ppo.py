@@ -133,8 +133,11 @@ def test_update_changes_parameters_and_reports_finite_losses() -> None:
     assert res.policy_loss.shape == (2,) and bool(torch.isfinite(res.value_loss).all())
     assert not bool(res.nonfinite.any())
     assert not torch.equal(before, agent.flat)
-    # one optimiser over the flat buffer; 2 epochs x 4 minibatches = 8 Adam steps per update
-    assert len(learner.optimizer.params) == 1 and learner.optimizer.params[0] is agent.flat
+    # without CBP/ReDo: fused Adam over the views of the flat buffer, one step count per run;
+    # 2 epochs x 4 minibatches = 8 Adam steps per update
+    opt = learner.optimizer
+    assert len(opt.params) == len(agent.parameters()) and all(p._base is agent.flat for p in opt.params)
+    assert opt.steps.tolist() == [8.0, 8.0]
     assert learner.steps_per_update == 8
     assert [h.shape for h in res.policy_hidden] == [(2, 128, 32), (2, 128, 32)]
 

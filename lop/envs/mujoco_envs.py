@@ -10,7 +10,10 @@ stack). It owns everything a run's environment needs besides the physics:
 * slippery Ant: the floor's sliding friction ``model.geom_friction[floor, 0]`` is set in memory to
   friction number ``k`` of the run (`lop.envs.friction`), and ``k`` advances at the first episode end
   (reset) once ``change_every`` steps have passed since the last change;
-* an exact state (`get_state` / `set_state`) so a restored env continues bit-identically.
+* an exact state (`get_state` / `set_state`) so a restored env continues bit-identically;
+* for Ant, a lean step (`AntStep`) used by the batched hot path `advance`: the same MuJoCo calls and
+  the same numpy arithmetic as Gymnasium's ``AntEnv.step`` (checked bit for bit in the tests), without
+  its per-step name lookups, repeated contact-force clipping and info dictionary.
 """
 
 from __future__ import annotations
@@ -83,6 +86,65 @@ def _sim_kwargs(config: EnvConfig, cls: type) -> dict[str, Any]:
     return {**base, **config.sim_kwargs}
 
 
+class AntStep:
+    """Gymnasium ``AntEnv.step`` (v5) for the default observation, minus its bookkeeping.
+
+    Same order of MuJoCo calls (``ctrl``, ``mj_step(nstep=frame_skip)``, ``mj_rnePostConstraint``) and
+    the same numpy expressions for observation (qpos[2:], qvel, clipped ``cfrc_ext[1:]``), reward
+    (forward velocity of the main body + healthy reward − control cost − contact cost) and termination,
+    so the result is bit-identical; only the info dictionary is not built.
+    """
+
+    def __init__(self, sim: Any) -> None:
+        import mujoco
+
+        self._mj_step = mujoco.mj_step
+        self._rne_post = mujoco.mj_rnePostConstraint
+        self.model, self.data = sim.model, sim.data
+        self.frame_skip = int(sim.frame_skip)
+        self.dt = sim.dt
+        self.body = int(sim.data.body(sim._main_body).id)
+        self.forward_weight = sim._forward_reward_weight
+        self.ctrl_weight = sim._ctrl_cost_weight
+        self.contact_weight = sim._contact_cost_weight
+        self.healthy_reward = sim._healthy_reward
+        self.z_low, self.z_high = sim._healthy_z_range
+        self.f_low, self.f_high = sim._contact_force_range
+        self.terminate_when_unhealthy = sim._terminate_when_unhealthy
+
+    @staticmethod
+    def applies_to(sim: Any) -> bool:
+        """True for a Gymnasium v5 Ant with the default observation (what `AntStep` reproduces)."""
+        from gymnasium.envs.mujoco.ant_v5 import AntEnv
+
+        return (
+            type(sim) is AntEnv
+            and sim._exclude_current_positions_from_observation
+            and sim._include_cfrc_ext_in_observation
+        )
+
+    def __call__(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        """(observation, reward, terminated) of one env step with `action`."""
+        data = self.data
+        xy_before = data.xpos[self.body, :2].copy()
+        data.ctrl[:] = action
+        self._mj_step(self.model, data, nstep=self.frame_skip)
+        self._rne_post(self.model, data)
+        xy_velocity = (data.xpos[self.body, :2] - xy_before) / self.dt
+        x_velocity = xy_velocity[0]
+        qpos, qvel = data.qpos.flatten(), data.qvel.flatten()
+        contact = np.clip(data.cfrc_ext, self.f_low, self.f_high)
+        obs = np.concatenate((qpos[2:], qvel, contact[1:].flatten()))
+        state = np.concatenate((qpos, qvel))
+        healthy = np.isfinite(state).all() and self.z_low <= state[2] <= self.z_high
+        rewards = x_velocity * self.forward_weight + healthy * self.healthy_reward
+        costs = self.ctrl_weight * np.sum(np.square(action)) + self.contact_weight * np.sum(
+            np.square(contact)
+        )
+        terminated = (not healthy) and self.terminate_when_unhealthy
+        return obs, rewards - costs, terminated
+
+
 class LopMujocoEnv(gym.Env):
     """One run's MuJoCo environment: seeded episodes, time limit, friction schedule, exact state."""
 
@@ -113,6 +175,7 @@ class LopMujocoEnv(gym.Env):
                 model.geom_priority[self._floor] = int(model.geom_priority.max()) + 1
         # the floor's sliding friction (fixed unless slippery; NaN if the model has no floor)
         self.friction = float(model.geom_friction[self._floor, 0]) if self._floor >= 0 else float("nan")
+        self._fast_step = AntStep(self.sim) if AntStep.applies_to(self.sim) else None
         self._obs: np.ndarray | None = None
         self._start_run(seed)
 
@@ -159,16 +222,25 @@ class LopMujocoEnv(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """One env step; ``truncated`` once the episode has ``max_episode_steps`` steps."""
-        obs, reward, terminated, truncated, info = self.advance(np.asarray(action))
+        obs, reward, terminated, truncated, info = self._advance(np.asarray(action), lean=False)
         return obs, reward, terminated, truncated, {**info, "friction": self.friction}
 
     def advance(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """`step` without the extra info entries (the batched hot path)."""
+        """`step` without info entries (the batched hot path; Ant takes the lean `AntStep`)."""
+        return self._advance(action, lean=True)
+
+    def _advance(
+        self, action: np.ndarray, lean: bool
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.episode < 0:
             raise RuntimeError("call reset() before step()")
         if self.config.clip_actions:
             action = np.clip(action, self._low, self._high)
-        obs, reward, terminated, _, info = self.sim.step(action)
+        if lean and self._fast_step is not None:
+            obs, reward, terminated = self._fast_step(action)
+            info: dict[str, Any] = {}
+        else:
+            obs, reward, terminated, _, info = self.sim.step(action)
         reward = float(reward)
         self.elapsed += 1
         self.total_steps += 1

@@ -157,7 +157,10 @@ class BatchedMLP:
             grads.append(_outer(delta, h_in))
             if layer > 0:
                 dh = _back(delta, self.weights[layer])
-                delta = dh * activation_grad(self.activation, cache.pre[layer - 1], cache.post[layer - 1])
+                if self.activation == "relu":  # one fused pass: dh where the unit was active, else 0
+                    delta = torch.ops.aten.threshold_backward(dh, cache.post[layer - 1], 0.0)
+                else:
+                    delta = dh * activation_grad(self.activation, cache.pre[layer - 1], cache.post[layer - 1])
         grads.reverse()
         return grads
 

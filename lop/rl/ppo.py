@@ -174,20 +174,26 @@ class PPOLearner:
         self.agent = agent
         self.streams = streams
         self.settings = settings
-        self.optimizer = make_optimizer([agent.flat], methods, streams.device)
+        cbp_cfgs = [m.cbp for m in methods]
+        redo_cfgs = [m.redo for m in methods]
+        if any(c is not None for c in cbp_cfgs) and not all(c is not None for c in cbp_cfgs):
+            raise ConfigError("cbp", "all runs of one batch must use CBP or none")
+        if any(c is not None for c in redo_cfgs) and not all(c is not None for c in redo_cfgs):
+            raise ConfigError("redo", "all runs of one batch must use ReDo or none")
+        use_cbp, use_redo = cbp_cfgs[0] is not None, redo_cfgs[0] is not None
+        # only CBP/ReDo reset optimiser state per element; without them Adam takes the fused kernel
+        # (the fused kernel takes each parameter view's rows as they are; the per-element path updates
+        # the flat buffer, whose views CBP/ReDo map onto the optimiser state)
+        self._flat_grads = use_cbp or use_redo
+        params = [agent.flat] if self._flat_grads else agent.parameters()
+        self.optimizer = make_optimizer(params, methods, streams.device, resettable=self._flat_grads)
         policy_layers, value_layers = agent.unit_layers()
         layers = policy_layers + value_layers
         self.cbp: ContinualBackprop | None = None
         self.redo: ReDo | None = None
-        cbp_cfgs = [m.cbp for m in methods]
-        if any(c is not None for c in cbp_cfgs):
-            if not all(c is not None for c in cbp_cfgs):
-                raise ConfigError("cbp", "all runs of one batch must use CBP or none")
+        if use_cbp:
             self.cbp = ContinualBackprop(layers, cbp_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
-        redo_cfgs = [m.redo for m in methods]
-        if any(c is not None for c in redo_cfgs):
-            if not all(c is not None for c in redo_cfgs):
-                raise ConfigError("redo", "all runs of one batch must use ReDo or none")
+        if use_redo:
             self.redo = ReDo(layers, redo_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
         self.steps_per_update = settings.epochs * (settings.rollout // settings.minibatch)
 
@@ -245,7 +251,7 @@ class PPOLearner:
             mean, agent.log_std, act, logp_old, adv, v, ret, self.settings.clip, self.settings.value_coef
         )
         grads = [*agent.policy.backward(pcache, g_mean), g_log_std, *agent.value.backward(vcache, g_v)]
-        self.optimizer.step([agent.flatten(grads)])
+        self.optimizer.step([agent.flatten(grads)] if self._flat_grads else grads)
         if self.cbp is not None:
             self.cbp.step(step, [*pcache.post, *vcache.post])
         return lp, lv
