@@ -16,7 +16,6 @@ from lop.rng import RunStreams
 ATOL = 1e-5
 
 
-
 def _images(s: int, b: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(s, b, 3, 32, 32, generator=g)

@@ -14,10 +14,10 @@ import torch
 import yaml
 from conftest import REPO, run_lop
 
-from lop.config import CBPConfig, MethodConfig
+from lop.config import CBPConfig, MethodConfig, from_dict
 from lop.data.cifar100 import prepare_cifar100
 from lop.data.standins import write_standin
-from lop.errors import DataError
+from lop.errors import ConfigError, DataError
 from lop.experiments.base import RunSpec
 from lop.experiments.incremental_cifar import IncrementalCifarProblem, IncrementalCifarTrainer
 from lop.nets.resnet import ResNet18
@@ -67,6 +67,7 @@ BASE = MethodConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 def test_loss_only_over_seen_classes_and_step_size_schedule(data_dir):
     trainer = _trainer(data_dir, MethodConfig(lr=0.1, momentum=0.9))
+    assert trainer.stand_in is True  # the prepared stand-in's manifest says so; run.json copies it
     fc_w = trainer.net.params["fc.weight"]
     w0 = fc_w.detach().clone()
     lrs = []
@@ -245,7 +246,7 @@ def test_params_file_encodes_the_paper_protocol():
         20,
         200,
     )
-    assert prob.n_epochs == 4000 and prob.batch_size == 90 and prob.image_size == 32
+    assert prob.n_epochs == 4000 and prob.batch_size == 90 and prob.image_size == 32 and prob.width == 64
     assert (prob.train_per_class, prob.val_per_class, prob.test_per_class) == (450, 50, 100)
     assert (
         prob.lr_milestones == (60, 120, 160) and prob.early_stopping and prob.rotation_degrees == (0.0, 15.0)
@@ -257,3 +258,38 @@ def test_params_file_encodes_the_paper_protocol():
     cbp = settings["cbp"].config.cbp
     assert (cbp.replacement_rate, cbp.maturity, cbp.decay, cbp.utility) == (1e-5, 1000, 0.99, "contribution")
     assert p.resources("paper").gpu == 1 and len(p.seeds("paper")) == 30
+
+
+def test_narrow_resnet_width_8_smoke_run(data_dir):
+    """A short run at width 8 (stages 8/16/32/64): the head, probes and rank metrics follow 8·width."""
+    trainer = _trainer(data_dir, BASE, width=8, image_size=32)
+    assert trainer.net.params["fc.weight"].shape == (2, 10, 64)
+    assert trainer.net.params["layer1.0.conv1.weight"].shape == (2, 8, 8, 3, 3)
+    blocks = [b for u in range(trainer.n_units) for b in trainer.train_unit(u)]
+    by_name: dict[str, list] = {}
+    for b in blocks:
+        by_name.setdefault(b.name, []).append(b)
+    assert [b.steps.tolist() for b in by_name["test_accuracy"]] == [[u] for u in range(1, 7)]
+    assert all(bool(torch.isfinite(b.values).all()) for b in blocks)
+    for b in by_name["abs_approximate_rank/next"] + by_name["effective_rank/previous"]:
+        assert bool(((b.values >= 1) & (b.values <= 64)).all())
+    # the fraction (what Fig. 2's stable-rank panel plots) is the rank over the 64 features
+    for rank, frac in zip(
+        by_name["abs_approximate_rank/next"], by_name["abs_approximate_rank_fraction/next"]
+    ):
+        assert torch.equal(frac.values, rank.values.to(torch.float64) / 64)
+    _, feats = trainer.probe(trainer.data.train.flatten(0, 1), torch.zeros(2, 3, dtype=torch.int64))
+    assert feats.shape == (2, 3, 64)
+
+
+def test_width_is_validated_and_named(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="width: must be >= 1"):
+        from_dict(IncrementalCifarProblem, {"width": 0}, "problem")
+    path = _params_file(tmp_path, data_dir)
+    spec = yaml.safe_load(path.read_text())
+    spec["scales"]["smoke"]["problem"]["width"] = 0
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match=r"scales\.smoke\.problem\.width: must be >= 1"):
+        load_params(path)
+    demo = load_params(REPO / "params" / "incremental_cifar.yaml").problems["demo"]
+    assert (demo.width, demo.image_size) == (8, 32)

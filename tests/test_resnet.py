@@ -48,13 +48,12 @@ def _reference_forward(net: ResNet18, x: torch.Tensor, k: int, training: bool) -
             1e-5,
         )
 
-    stem, blocks = resnet18_specs()
+    stem, blocks = resnet18_specs(net.width)
     h = torch.relu(conv_bn(x[k], stem))
     for blk in blocks:
         out = conv_bn(torch.relu(conv_bn(h, blk.conv1)), blk.conv2)
         h = torch.relu(out + (h if blk.shortcut is None else conv_bn(h, blk.shortcut)))
     return F.linear(h.mean(dim=(2, 3)), p["fc.weight"], p["fc.bias"])
-
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +70,52 @@ def test_parameter_count() -> None:
     assert net.params["layer2.0.shortcut.conv.weight"].shape == (1, 128, 64, 1, 1)
     assert net.params["fc.weight"].shape == (1, 100, 512)
     assert net.buffers["layer4.1.bn2.running_var"].shape == (1, 512)
+
+
+def _closed_form_params(w: int, n_classes: int) -> int:
+    """Parameters per run of the width-w ResNet-18, counted by hand (not with the code under test).
+
+    A k×k conv c_in→c_out with bias + its BN has c_out·c_in·k² + c_out + 2·c_out parameters.
+    stem 3→w: 27w + 3w = 30w. layer1 (two blocks w→w, no shortcut): 4·(9w² + 3w) = 36w² + 12w.
+    layers 2-4 go m→2m (m = w, 2w, 4w): conv1 18m² + 6m, conv2 36m² + 6m, 1×1 shortcut 2m² + 6m,
+    second block 2·(36m² + 6m) → 128m² + 30m each, i.e. 128·21w² + 30·7w = 2688w² + 210w together.
+    Convs + BN: 2724w² + 252w; fc 8w→n_classes: 8w·n_classes + n_classes.
+    """
+    return 2724 * w * w + 252 * w + 8 * w * n_classes + n_classes
+
+
+@pytest.mark.parametrize(("width", "n_classes"), [(64, 100), (8, 100), (16, 15), (1, 10)])
+def test_parameter_count_at_other_widths(width: int, n_classes: int) -> None:
+    assert _closed_form_params(64, 100) == 11_224_932  # the formula agrees with the paper's network
+    net = ResNet18(RunStreams([0, 1]), n_classes=n_classes, width=width)
+    assert net.n_params_per_run() == _closed_form_params(width, n_classes)
+    assert net.params["stem.conv.weight"].shape == (2, width, 3, 3, 3)
+    assert net.params["layer2.0.shortcut.conv.weight"].shape == (2, 2 * width, width, 1, 1)
+    assert net.params["layer4.1.conv2.weight"].shape == (2, 8 * width, 8 * width, 3, 3)
+    assert net.params["fc.weight"].shape == (2, n_classes, 8 * width)
+    assert net.buffers["layer4.1.bn2.running_var"].shape == (2, 8 * width)
+
+
+def test_narrow_network_forward_and_init() -> None:
+    net = ResNet18(RunStreams([3, 4]), width=8)
+    x = _images(2, 3, seed=5)
+    logits, feats, acts = net(x, return_features=True, return_activations=True)
+    assert logits.shape == (2, 3, 100) and feats.shape == (2, 3, 64)
+    assert acts["stem.conv"].shape == (2, 3, 8, HW, HW)
+    assert acts["layer4.1.conv2"].shape == (2, 3, 64, HW // 8, HW // 8)
+    assert [u.n_units for u in net.unit_layers()][::4] == [8, 8, 16, 32, 64]  # stem, layerX.1.conv2
+    with torch.no_grad():
+        ref = [_reference_forward(net, x, k, training=False) for k in range(2)]
+        net.eval()
+        out = net(x)
+    for k in range(2):
+        torch.testing.assert_close(out[k], ref[k], atol=1e-4, rtol=1e-4)
+    # the head's init follows the 64 features: N(0, 1/64); draws depend on the shape, not on the width
+    fc = ResNet18(RunStreams(list(range(40))), n_classes=100, width=8).params["fc.weight"].detach()
+    torch.testing.assert_close(fc.std().item(), 1 / 8, rtol=0.05, atol=0)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="width must be >= 1"):
+            ResNet18(RunStreams([0]), width=bad)
 
 
 @pytest.mark.parametrize("scheme", ["reference", "torchvision"])

@@ -24,9 +24,10 @@ Unit = one epoch. Metrics (step = epochs completed):
   before head/network resets), on `probe_images` clean training images: ``dormant_units/next`` (the
   increment's new classes) and ``dormant_units/previous`` (classes seen before; from increment 1),
   ``effective_rank/*``, ``abs_approximate_rank/*`` (the reference's 99% "stable rank"),
-  ``approximate_rank/*`` and ``stable_rank/*`` of the 512-d features, and ``weight_magnitude`` (mean |θ|
-  over all parameters). A unit is dormant when it is non-zero on fewer than `dormant_threshold` of the
-  (image, position) pairs, over the 16 hidden conv outputs and the pooled features, as the reference.
+  ``approximate_rank/*`` and ``stable_rank/*`` of the 8·width-d features (512-d at the paper's width 64),
+  and ``weight_magnitude`` (mean |θ| over all parameters). A unit is dormant when it is non-zero on fewer
+  than `dormant_threshold` of the (image, position) pairs, over the 16 hidden conv outputs and the pooled
+  features, as the reference.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class IncrementalCifarProblem:
     crop_padding: int = 4
     rotation_degrees: tuple[float, float] = (0.0, 15.0)
     image_size: Literal[32, 16, 8] = 32
+    width: int = 64  # ResNet-18 stem/stage-1 channels; stages width·(1, 2, 4, 8), features 8·width
     resnet_init: Literal["reference", "torchvision"] = "reference"
     cbp_scope: Literal["chain", "block_internal"] = "chain"
     retrain_resets_running_stats: bool = True
@@ -107,6 +109,7 @@ class IncrementalCifarProblem:
             )
             + check(self.epochs_per_increment > 0, "epochs_per_increment", "must be > 0")
             + check(self.batch_size > 0, "batch_size", "must be > 0")
+            + check(self.width >= 1, "width", "must be >= 1 (64 is the paper's ResNet-18)")
             + check(
                 min(self.train_per_class, self.val_per_class, self.test_per_class) > 0,
                 "train_per_class",
@@ -153,11 +156,13 @@ class IncrementalCifarTrainer(Trainer):
             test_per_class=problem.test_per_class,
             verify=problem.verify_data,
         )
+        self.stand_in = self.data.stand_in
         self.net = ResNet18(
             self.streams,
             n_classes=problem.n_classes,
             init=problem.resnet_init,
             channels_last=problem.channels_last,
+            width=problem.width,
         )
         configs = [r.config for r in runs]
         self.retrain = configs[0].retrain
@@ -334,16 +339,20 @@ class IncrementalCifarTrainer(Trainer):
             for metric, value in rank_metrics(features).items():
                 if metric in RANKS:
                     blocks.append(MetricBlock(f"{metric}/{name}", step, value.unsqueeze(1)))
+                    # the same rank as a fraction of the feature size (8·width), comparable across widths
+                    frac = value.to(torch.float64) / features.shape[-1]
+                    blocks.append(MetricBlock(f"{metric}_fraction/{name}", step, frac.unsqueeze(1)))
         return blocks
 
     @torch.no_grad()
     def probe(self, images: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dormant fraction ``[S]`` float64, pooled features ``[S, n, 512]``) of the clean images
+        """(dormant fraction ``[S]`` float64, pooled features ``[S, n, 8·width]``) of the clean images
         ``images[idx]`` (idx ``[S, n]``), in eval mode.
 
-        Units: the channels of the 16 hidden conv outputs before the last block's output, plus the 512
-        pooled features standing for the last block's output (the reference's feature list); a unit is
-        dormant when it is non-zero on fewer than `dormant_threshold` of the (image, position) pairs.
+        Units: the channels of the 16 hidden conv outputs before the last block's output, plus the
+        8·width (512) pooled features standing for the last block's output (the reference's feature
+        list); a unit is dormant when it is non-zero on fewer than `dormant_threshold` of the (image,
+        position) pairs.
         """
         self.net.eval()
         nonzero: dict[str, torch.Tensor] = {}

@@ -1,12 +1,15 @@
 """Seed-batched ResNet-18 for 32×32 images (class-incremental CIFAR-100, PROTOCOLS §4).
 
-Architecture (11,224,932 parameters per run for 100 classes)::
+Architecture at the default ``width`` w = 64 (11,224,932 parameters per run for 100 classes)::
 
-    stem: conv 3→64 3×3 stride 1 pad 1 → BN → ReLU            (no max-pool)
-    layer1..4: 2 BasicBlocks each at 64/128/256/512 channels; the first block of layers 2-4 has
-               stride 2 and a 1×1 conv + BN shortcut (also whenever the channel count changes)
+    stem: conv 3→w 3×3 stride 1 pad 1 → BN → ReLU             (no max-pool)
+    layer1..4: 2 BasicBlocks each at w/2w/4w/8w channels (64/128/256/512); the first block of layers
+               2-4 has stride 2 and a 1×1 conv + BN shortcut (also whenever the channel count changes)
     BasicBlock: conv3×3 → BN → ReLU → conv3×3 → BN, + shortcut, → ReLU
-    global average pool → 512-d features → fc 512→n_classes
+    global average pool → 8w-d features (512) → fc 8w→n_classes
+
+A smaller ``width`` (e.g. 8 or 16) gives the same architecture with narrower stages, for CPU-sized runs;
+the default builds (and draws) exactly the paper's network.
 
 Every conv has a bias (as in the reference's modified torchvision ResNet). Per-run BatchNorm is plain
 BatchNorm over the S*C channels of the grouped layout (`lop.nets.batched_conv`), with running
@@ -16,10 +19,10 @@ Initialisation schemes (``init``):
 
 * ``"reference"`` (default) — what the reference experiment actually runs: it applies its
   ``kaiming_init_resnet_module`` after construction and for the "retrained network": conv weights
-  N(0, 2/fan_in) (Kaiming-normal, fan_in, ReLU gain), conv biases 0, fc weight N(0, 1/512)
+  N(0, 2/fan_in) (Kaiming-normal, fan_in, ReLU gain), conv biases 0, fc weight N(0, 1/8w)
   (Kaiming-normal, linear gain), fc bias 0, BN weight 1, bias 0.
 * ``"torchvision"`` — torchvision's constructor init: conv weights Kaiming-normal with fan_out and
-  ReLU gain, conv biases PyTorch default U(±1/sqrt(fan_in)), fc PyTorch default U(±1/sqrt(512)),
+  ReLU gain, conv biases PyTorch default U(±1/sqrt(fan_in)), fc PyTorch default U(±1/sqrt(8w)),
   BN weight 1, bias 0.
 
 Random draws use the per-run streams ``init/<conv>/weight``, ``init/<conv>/bias``, ``init/fc/weight``,
@@ -47,9 +50,9 @@ from lop.rng import RunStreams
 
 InitScheme = Literal["reference", "torchvision"]
 UnitScope = Literal["chain", "block_internal"]
-STAGES: tuple[tuple[int, int], ...] = ((64, 1), (128, 2), (256, 2), (512, 2))  # (width, first stride)
+DEFAULT_WIDTH = 64  # channels of the stem and stage 1 (the paper's network)
+STAGES: tuple[tuple[int, int], ...] = ((1, 1), (2, 2), (4, 2), (8, 2))  # (channels / width, first stride)
 BLOCKS_PER_STAGE = 2
-FEATURES = 512
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5
 
 
@@ -83,22 +86,32 @@ class BlockSpec:
     shortcut: ConvSpec | None
 
 
-def resnet18_specs() -> tuple[ConvSpec, list[BlockSpec]]:
-    """The stem and the 8 BasicBlocks of ResNet-18 for 32×32 inputs."""
-    stem = ConvSpec("stem.conv", "stem.bn", 3, 64, 3, 1, 1)
+def n_features(width: int = DEFAULT_WIDTH) -> int:
+    """Size of the pooled penultimate features (the last stage's channels): 8 · width (512 at 64)."""
+    return STAGES[-1][0] * width
+
+
+def resnet18_specs(width: int = DEFAULT_WIDTH) -> tuple[ConvSpec, list[BlockSpec]]:
+    """The stem and the 8 BasicBlocks of ResNet-18 for 32×32 inputs, stages at width · (1, 2, 4, 8)."""
+    if width < 1:
+        raise ValueError(f"ResNet width must be >= 1, got {width}")
+    stem = ConvSpec("stem.conv", "stem.bn", 3, width, 3, 1, 1)
     blocks: list[BlockSpec] = []
-    c_in = 64
-    for i, (width, first_stride) in enumerate(STAGES, start=1):
+    c_in = width
+    for i, (mult, first_stride) in enumerate(STAGES, start=1):
+        channels = mult * width
         for j in range(BLOCKS_PER_STAGE):
             stride = first_stride if j == 0 else 1
             pre = f"layer{i}.{j}"
-            conv1 = ConvSpec(f"{pre}.conv1", f"{pre}.bn1", c_in, width, 3, stride, 1)
-            conv2 = ConvSpec(f"{pre}.conv2", f"{pre}.bn2", width, width, 3, 1, 1)
+            conv1 = ConvSpec(f"{pre}.conv1", f"{pre}.bn1", c_in, channels, 3, stride, 1)
+            conv2 = ConvSpec(f"{pre}.conv2", f"{pre}.bn2", channels, channels, 3, 1, 1)
             shortcut = None
-            if stride != 1 or c_in != width:
-                shortcut = ConvSpec(f"{pre}.shortcut.conv", f"{pre}.shortcut.bn", c_in, width, 1, stride, 0)
+            if stride != 1 or c_in != channels:
+                shortcut = ConvSpec(
+                    f"{pre}.shortcut.conv", f"{pre}.shortcut.bn", c_in, channels, 1, stride, 0
+                )
             blocks.append(BlockSpec(conv1, conv2, shortcut))
-            c_in = width
+            c_in = channels
     return stem, blocks
 
 
@@ -112,6 +125,7 @@ class ResNet18(SeedBatchedNet):
         init: InitScheme = "reference",
         channels_last: bool = True,
         dtype: torch.dtype = torch.float32,
+        width: int = DEFAULT_WIDTH,
     ) -> None:
         if init not in ("reference", "torchvision"):
             raise ValueError(f"unknown ResNet init scheme {init!r}; choose 'reference' or 'torchvision'")
@@ -120,7 +134,9 @@ class ResNet18(SeedBatchedNet):
         self.n_classes = n_classes
         self.init_scheme: InitScheme = init
         self.channels_last = channels_last
-        self.stem, self.blocks = resnet18_specs()
+        self.width = width
+        self.n_features = n_features(width)
+        self.stem, self.blocks = resnet18_specs(width)
         self.convs: list[ConvSpec] = [self.stem]
         for blk in self.blocks:
             self.convs += [blk.conv1, blk.conv2] + ([blk.shortcut] if blk.shortcut else [])
@@ -158,12 +174,12 @@ class ResNet18(SeedBatchedNet):
         return w, b
 
     def _draw_fc(self, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (self.n_classes, FEATURES)
+        shape = (self.n_classes, self.n_features)
         if self.init_scheme == "reference":
-            w = normal_init(self.streams, "init/fc/weight", shape, math.sqrt(1.0 / FEATURES), counter)
+            w = normal_init(self.streams, "init/fc/weight", shape, math.sqrt(1.0 / self.n_features), counter)
             b = torch.zeros(self.n_runs, self.n_classes, device=self.device)
         else:
-            bound = torch_default_bound(FEATURES)
+            bound = torch_default_bound(self.n_features)
             w = uniform_init(self.streams, "init/fc/weight", shape, bound, counter)
             b = uniform_init(self.streams, "init/fc/bias", (self.n_classes,), bound, counter)
         return w, b
@@ -215,7 +231,7 @@ class ResNet18(SeedBatchedNet):
         """x ``[S, B, 3, 32, 32]`` (normalised floats) -> logits ``[S, B, n_classes]``.
 
         Returns ``logits`` alone, or a tuple ``(logits, features)``, ``(logits, activations)`` or
-        ``(logits, features, activations)`` as asked: features ``[S, B, 512]`` are the globally
+        ``(logits, features, activations)`` as asked: features ``[S, B, 8·width]`` are the globally
         average-pooled penultimate representation; activations a dict of the output of every hidden
         ReLU ``[S, B, C, H, W]``, keyed like `unit_layers` (``layerX.Y.conv2`` is the block output
         after the residual sum and ReLU). Training mode updates the BN running statistics.
@@ -236,7 +252,7 @@ class ResNet18(SeedBatchedNet):
             h = torch.relu(out + short)
             if return_activations:
                 acts[blk.conv2.name] = from_grouped(h, s)
-        features = h.mean(dim=(2, 3)).view(x.shape[1], s, FEATURES).transpose(0, 1)  # [S, B, 512]
+        features = h.mean(dim=(2, 3)).view(x.shape[1], s, self.n_features).transpose(0, 1)  # [S, B, 8w]
         logits = batched_linear(features, self.params["fc.weight"], self.params["fc.bias"])
         extra: tuple[torch.Tensor | dict[str, torch.Tensor], ...] = ()
         if return_features:
