@@ -3,7 +3,7 @@
 Trains `PPOTrainer` (the ``ppo_ant`` experiment's trainer, paper PPO settings) for a few updates at
 batch sizes S and prints a markdown table plus a profile of where the CPU time goes:
 
-* simulation — `BatchedEnvs.step` (MuJoCo + Gymnasium reward/observation code + auto-reset);
+* simulation — `BatchedEnvs.step_into` (MuJoCo + the Ant step's reward/observation code + auto-reset);
 * acting — the rest of the rollout loop (policy forward per step, buffers);
 * update — `PPOLearner.update` (GAE, 10 epochs of minibatch forward/backward/Adam, CBP);
 * rest — metrics, episode bookkeeping, internals.
@@ -69,11 +69,11 @@ def bench(env: str, s: int, updates: int, method: str) -> dict[str, float]:
     trainer = PPOTrainer(problem, runs, torch.device("cpu"))
     clock = Clock()
     orig_step, orig_collect, orig_update = (
-        BatchedEnvs.step,
+        BatchedEnvs.step_into,
         ppo_module.collect_rollout,
         trainer.learner.update,
     )
-    BatchedEnvs.step = clock.wrap("simulation", orig_step)  # type: ignore[method-assign]
+    BatchedEnvs.step_into = clock.wrap("simulation", orig_step)  # type: ignore[method-assign]
     ppo_module.collect_rollout = clock.wrap("rollout", orig_collect)
     trainer.learner.update = clock.wrap("update", orig_update)  # type: ignore[method-assign]
     import lop.experiments.ppo as exp_module
@@ -85,7 +85,7 @@ def bench(env: str, s: int, updates: int, method: str) -> dict[str, float]:
             trainer.train_unit(u)
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     finally:
-        BatchedEnvs.step = orig_step  # type: ignore[method-assign]
+        BatchedEnvs.step_into = orig_step  # type: ignore[method-assign]
         ppo_module.collect_rollout = orig_collect
         exp_module.collect_rollout = orig_collect
     sim = clock.cpu.get("simulation", 0.0)

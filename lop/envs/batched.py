@@ -85,41 +85,52 @@ class BatchedEnvs:
 
     def step(self, actions: torch.Tensor) -> StepResult:
         """Step all runs with ``actions [S, act_dim]``; ended episodes are recorded and auto-reset."""
-        if not self._started:
-            raise RuntimeError("call reset() (or load_state_dict) before step()")
         if tuple(actions.shape) != (self.n, self.act_dim):
             raise ValueError(f"actions must be [{self.n}, {self.act_dim}], got {list(actions.shape)}")
-        act = actions.detach().to("cpu", torch.float32).numpy()
         final = np.empty((self.n, self.obs_dim), dtype=np.float32)
+        nxt = np.empty((self.n, self.obs_dim), dtype=np.float32)
         reward = np.empty(self.n, dtype=np.float32)
-        term = np.zeros(self.n, dtype=np.float32)
-        trunc = np.zeros(self.n, dtype=np.float32)
-        ended: list[int] = []
-        for k, env in enumerate(self.envs):
-            o, r, te, tr, _ = env.advance(act[k])
-            final[k] = o
-            reward[k] = r
-            if te or tr:
-                term[k] = te
-                trunc[k] = tr
-                ended.append(k)
-        final_obs = torch.from_numpy(final)
-        if ended:
-            nxt = final.copy()
-            for k in ended:
-                env = self.envs[k]
-                self._episodes.append(EpisodeRecord(k, env.total_steps, env.episode_return))
-                nxt[k] = env.reset()[0]
-            self._next_obs = torch.from_numpy(nxt)
-        else:
-            self._next_obs = final_obs
+        term = np.empty(self.n, dtype=np.float32)
+        trunc = np.empty(self.n, dtype=np.float32)
+        self.step_into(actions.detach().to("cpu", torch.float32).numpy(), final, reward, term, trunc, nxt)
         return StepResult(
-            self._next_obs,
+            torch.from_numpy(nxt),
             torch.from_numpy(reward),
             torch.from_numpy(term),
             torch.from_numpy(trunc),
-            final_obs,
+            torch.from_numpy(final),
         )
+
+    def step_into(
+        self,
+        actions: np.ndarray,
+        final_obs: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        next_obs: np.ndarray,
+    ) -> None:
+        """`step` writing into caller-owned float32 arrays (``[S, ...]`` rows; the rollout's buffers).
+
+        ``next_obs`` gets the observation to act on next, ``final_obs`` the one the step produced.
+        """
+        if not self._started:
+            raise RuntimeError("call reset() (or load_state_dict) before step()")
+        ended: list[int] = []
+        for k, env in enumerate(self.envs):
+            o, r, te, tr, _ = env.advance(actions[k])
+            final_obs[k] = o
+            reward[k] = r
+            terminated[k] = te
+            truncated[k] = tr
+            if te or tr:
+                ended.append(k)
+        next_obs[:] = final_obs
+        for k in ended:
+            env = self.envs[k]
+            self._episodes.append(EpisodeRecord(k, env.total_steps, env.episode_return))
+            next_obs[k] = env.reset()[0]
+        self._next_obs = torch.from_numpy(next_obs.copy())
 
     @property
     def obs(self) -> torch.Tensor:

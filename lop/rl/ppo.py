@@ -67,47 +67,44 @@ class Rollout(NamedTuple):
     final_obs: torch.Tensor  # [S, T, D] observation the step produced (before any auto-reset)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def collect_rollout(
     agent: GaussianAgent, envs: BatchedEnvs, streams: RunStreams, counter: int, steps: int
 ) -> Rollout:
     """Run every env ``steps`` steps with a ~ N(μ(s), σ²): ε from stream ``"ppo/action"`` at ``counter``.
 
     Non-finite actions (a diverged run) are replaced by 0 so the simulator never sees NaN. Buffers
-    are filled on the CPU (the simulators' side, through numpy: cheaper per step than tensor
-    indexing) and moved to the agent's device once.
+    are filled on the CPU (the simulators' side, through numpy: the envs write straight into them)
+    and moved to the agent's device once.
     """
     device = streams.device
     s, d, a = envs.n, envs.obs_dim, envs.act_dim
     noise = streams.normal(ACTION_STREAM, counter, (steps, a)).transpose(0, 1).contiguous()  # [T, S, A]
-    obs_buf = np.empty((steps, s, d), dtype=np.float32)
+    obs_buf = np.empty((steps + 1, s, d), dtype=np.float32)  # row t: acted on at t; row T: next rollout's
     fin_buf = np.empty((steps, s, d), dtype=np.float32)
     act_buf = np.empty((steps, s, a), dtype=np.float32)
     rew_buf = np.empty((steps, s), dtype=np.float32)
     term_buf = np.empty((steps, s), dtype=np.float32)
     trunc_buf = np.empty((steps, s), dtype=np.float32)
     std = agent.log_std.exp()
-    obs = envs.obs
-    on_cpu = device.type == "cpu"
-    for t in range(steps):
-        obs_buf[t] = obs.numpy()
-        action = agent.act(obs if on_cpu else obs.to(device), noise[t], std)
-        action = torch.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)
-        if not on_cpu:
-            action = action.cpu()
-        act_buf[t] = action.numpy()
-        res = envs.step(action)
-        fin_buf[t] = res.final_obs.numpy()
-        rew_buf[t] = res.reward.numpy()
-        term_buf[t] = res.terminated.numpy()
-        trunc_buf[t] = res.truncated.numpy()
-        obs = res.obs
+    obs_buf[0] = envs.obs.numpy()
+    if device.type == "cpu":  # act in numpy: at batch 1 a torch call costs more than its arithmetic
+        noise_np, std_np = noise.numpy(), std.numpy()
+        for t in range(steps):
+            act_buf[t] = agent.act_numpy(obs_buf[t], noise_np[t], std_np)
+            envs.step_into(act_buf[t], fin_buf[t], rew_buf[t], term_buf[t], trunc_buf[t], obs_buf[t + 1])
+    else:
+        obs_t, act_t = torch.from_numpy(obs_buf), torch.from_numpy(act_buf)
+        for t in range(steps):
+            action = agent.act(obs_t[t].to(device), noise[t], std)
+            act_t[t] = torch.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)  # device -> host
+            envs.step_into(act_buf[t], fin_buf[t], rew_buf[t], term_buf[t], trunc_buf[t], obs_buf[t + 1])
 
     def out(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x.swapaxes(0, 1))).to(device)
 
     ends = np.maximum(term_buf, trunc_buf)
-    return Rollout(out(obs_buf), out(act_buf), out(rew_buf), out(term_buf), out(ends), out(fin_buf))
+    return Rollout(out(obs_buf[:steps]), out(act_buf), out(rew_buf), out(term_buf), out(ends), out(fin_buf))
 
 
 def ppo_loss_grads(
