@@ -220,3 +220,24 @@ def test_minibatch_must_divide_the_rollout() -> None:
 
     with pytest.raises(ConfigError, match="minibatch"):
         PPOSettings(rollout=100, minibatch=32)
+
+
+def test_numpy_acting_matches_torch_acting_and_ignores_its_batch() -> None:
+    """`act_numpy` (the CPU rollout's path) = `act` up to float rounding, tracks parameter updates in
+    place, and a run's action is bit-identical alone or in a batch."""
+    streams = RunStreams([3, 4, 5])
+    agent = GaussianAgent(11, 3, (16, 16), streams, log_std_init=-0.5)
+    gen = torch.Generator().manual_seed(0)
+    obs, noise = torch.randn(3, 11, generator=gen), torch.randn(3, 3, generator=gen)
+    std = agent.log_std.exp()
+    for _ in range(2):  # second round: after an in-place parameter change
+        a_np = agent.act_numpy(obs.numpy(), noise.numpy(), std.numpy())
+        torch.testing.assert_close(torch.from_numpy(a_np), agent.act(obs, noise, std), rtol=1e-5, atol=1e-6)
+        agent.flat.mul_(1.5)
+    alone = GaussianAgent(11, 3, (16, 16), RunStreams([4]), log_std_init=-0.5)
+    alone.flat.mul_(1.5).mul_(1.5)
+    a1 = alone.act_numpy(obs[1:2].numpy(), noise[1:2].numpy(), std[1:2].numpy())
+    a3 = agent.act_numpy(obs.numpy(), noise.numpy(), std.numpy())
+    assert (a1[0] == a3[1]).all()
+    agent.flat[0].fill_(float("nan"))
+    assert (agent.act_numpy(obs.numpy(), noise.numpy(), std.numpy())[0] == 0).all()  # non-finite -> 0
