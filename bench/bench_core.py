@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from lop.allocator import keep_freed_memory
 from lop.config import CBPConfig, MethodConfig
 from lop.experiments.base import RunSpec
 from lop.experiments.permuted_mnist import PermutedMNISTProblem, PermutedMNISTTrainer
@@ -64,6 +65,7 @@ def bench_mnist(
 
 
 def main() -> None:
+    keep_freed_memory()  # as `lop run` does (lop.allocator)
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)

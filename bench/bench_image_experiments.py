@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from lop.allocator import keep_freed_memory
 from lop.config import CBPConfig, MethodConfig
 from lop.data.cifar100 import prepare_cifar100
 from lop.data.imagenet32 import prepare_imagenet32
@@ -93,6 +94,7 @@ def bench_resnet(
 
 
 def main() -> None:
+    keep_freed_memory()  # as `lop run` does (lop.allocator)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", default="1,8,30", help="ConvNet batch sizes S (runs per process)")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lop.allocator import keep_freed_memory
 from lop.nets.convnet import ConvNet
 from lop.nets.resnet import ResNet18
 from lop.rng import RunStreams
@@ -164,6 +165,7 @@ def bench_resnet(batch: int, reps: int, device: torch.device) -> list[tuple[str,
 
 
 def main() -> None:
+    keep_freed_memory()  # as `lop run` does (lop.allocator)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2, help="timed steps per design (after 1 warm-up)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 30], help="ConvNet run counts S")

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lop.allocator import keep_freed_memory
 from lop.config import CBPConfig, MethodConfig
 from lop.envs import BatchedEnvs
 from lop.experiments.base import RunSpec
@@ -103,6 +104,7 @@ def bench(env: str, s: int, updates: int, method: str) -> dict[str, float]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `lop run` does (lop.allocator)
     p = argparse.ArgumentParser(description="PPO env steps/s per core, simulation + updates")
     p.add_argument("--env", default="ant")
     p.add_argument("--updates", type=int, default=3, help="PPO updates (2,048 steps per run each)")

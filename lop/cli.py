@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from lop.allocator import keep_freed_memory
 from lop.errors import ConfigError, LopError
 
 
@@ -62,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ckpt_minutes = sc.checkpoint_minutes
         models_every = sc.models_every
     assert all(isinstance(r, RunSpec) for r in runs)
+    keep_freed_memory()
     if args.threads is not None:
         if args.threads <= 0:
             raise ConfigError("--threads", "must be > 0")
