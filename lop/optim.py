@@ -130,7 +130,6 @@ class BatchedAdam(BatchedOptimizer):
         super().__init__(params, weight_decay)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self._one_minus_beta1, self._one_minus_beta2, self._neg_lr = 1.0 - beta1, 1.0 - beta2, -lr
-        self._one = torch.ones((), dtype=lr.dtype, device=lr.device)
         if not per_element_steps:
             n = lr.shape[0]
             self.steps = torch.zeros(n, dtype=torch.float32, device=lr.device)  # per-run step count t
@@ -178,15 +177,17 @@ class BatchedAdam(BatchedOptimizer):
 
     def _update(self, i: int, p: torch.Tensor, g: torch.Tensor) -> None:
         """m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;  c_k ← β_k c_k + (1−β_k);
-        p ← p − α (m / c1) / (sqrt(v / c2) + ε)   (11 passes over the state, all in place but two)."""
+        p ← p − α m / (c1 (sqrt(v / c2) + ε))   (= α (m / c1) / (sqrt(v / c2) + ε); two divisions and one
+        square root per element, the expensive operations on a CPU)."""
         st = self.state[i]
+        b1, b2 = _bcast(self.beta1, p), _bcast(self.beta2, p)
         w1, w2 = _bcast(self._one_minus_beta1, p), _bcast(self._one_minus_beta2, p)
         st["exp_avg"].lerp_(g, w1)
         st["exp_avg_sq"].lerp_(g.square(), w2)
-        st["corr1"].lerp_(self._one, w1)
-        st["corr2"].lerp_(self._one, w2)
-        denom = torch.div(st["exp_avg_sq"], st["corr2"]).sqrt_().add_(_bcast(self.eps, p))
-        p.addcmul_(torch.div(st["exp_avg"], st["corr1"]).div_(denom), _bcast(self._neg_lr, p))
+        st["corr1"].mul_(b1).add_(w1)
+        st["corr2"].mul_(b2).add_(w2)
+        denom = torch.div(st["exp_avg_sq"], st["corr2"]).sqrt_().add_(_bcast(self.eps, p)).mul_(st["corr1"])
+        p.addcmul_(torch.div(st["exp_avg"], denom), _bcast(self._neg_lr, p))
 
     def state_views(self, view: torch.Tensor) -> list[torch.Tensor]:
         if not self.per_element_steps:
