@@ -7,6 +7,20 @@ from lop.config import MethodConfig
 from lop.optim import make_optimizer
 
 
+def _adam_reference(cfg, params, grads_seq, k, **kw):
+    """torch.optim.Adam on run k's rows of `params`/`grads_seq` with `cfg`'s hyperparameters."""
+    return _reference(
+        torch.optim.Adam,
+        [p[k] for p in params],
+        [[g[k] for g in gs] for gs in grads_seq],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        **kw,
+    )
+
+
 def _reference(opt_cls, params, grads_seq, **kw):
     p = [t.clone().requires_grad_() for t in params]
     opt = opt_cls(p, **kw)
@@ -46,15 +60,7 @@ def test_batched_equals_torch_per_run(cfgs):
                 weight_decay=cfg.weight_decay,
             )
         else:
-            ref = _reference(
-                torch.optim.Adam,
-                [p[k] for p in params],
-                [[g[k] for g in gs] for gs in grads_seq],
-                lr=cfg.lr,
-                betas=cfg.betas,
-                eps=cfg.eps,
-                weight_decay=cfg.weight_decay,
-            )
+            ref = _adam_reference(cfg, params, grads_seq, k)
         for b, r in zip(batched, ref):
             torch.testing.assert_close(b[k], r, rtol=1e-5, atol=1e-6)
 
@@ -91,16 +97,7 @@ def test_fused_adam_equals_torch_per_run_and_ignores_its_batch(weight_decay):
     for grads in grads_seq:
         opt.step(grads)
     for k, cfg in enumerate(cfgs):
-        ref = _reference(
-            torch.optim.Adam,
-            [p[k] for p in params],
-            [[g[k] for g in gs] for gs in grads_seq],
-            lr=cfg.lr,
-            betas=cfg.betas,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            fused=True,
-        )
+        ref = _adam_reference(cfg, params, grads_seq, k, fused=True)
         for b, r in zip(batched, ref):
             assert torch.equal(b[k], r)
         alone = [p[k : k + 1].clone() for p in params]
