@@ -138,8 +138,19 @@ class BatchedAdam(BatchedOptimizer):
             for run, key in enumerate(settings):
                 groups.setdefault(key, []).append(run)
             self._groups = list(groups.items())
-            self._step_views = [[self.steps[r : r + 1].view(()) for r in runs] for _, runs in self._groups]
-            self._fixed_rows: list[tuple[list[torch.Tensor], ...]] | None = None
+            # per group: rows of the parameters, moments and step counts (all updated in place, so
+            # these views stay valid); only the gradients' rows change from step to step
+            self._fixed_rows = []
+            for _, runs in self._groups:
+                step_views = [self.steps[r : r + 1].view(()) for r in runs]
+                self._fixed_rows.append(
+                    (
+                        self._rows(self.params, runs),
+                        self._rows([st["exp_avg"] for st in self.state], runs),
+                        self._rows([st["exp_avg_sq"] for st in self.state], runs),
+                        [v for _ in self.params for v in step_views],
+                    )
+                )
 
     def step(self, grads: Sequence[torch.Tensor] | None = None) -> None:
         if self.per_element_steps:
@@ -155,16 +166,6 @@ class BatchedAdam(BatchedOptimizer):
 
     @torch.no_grad()
     def _fused_step(self, grads: Sequence[torch.Tensor]) -> None:
-        if self._fixed_rows is None:  # parameters and state are updated in place: views stay valid
-            self._fixed_rows = [
-                (
-                    self._rows(self.params, runs),
-                    self._rows([st["exp_avg"] for st in self.state], runs),
-                    self._rows([st["exp_avg_sq"] for st in self.state], runs),
-                    [v for _ in self.params for v in step_views],
-                )
-                for (_, runs), step_views in zip(self._groups, self._step_views)
-            ]
         self.steps += 1.0
         grads = [g.contiguous() for g in grads]
         for ((lr, b1, b2, eps, wd), runs), (p_rows, m_rows, v_rows, steps) in zip(
