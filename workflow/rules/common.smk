@@ -7,19 +7,15 @@
 import json
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from lop.analysis.registry import load_registry
-from lop.config import to_dict
 from lop.errors import LopError
 from lop.params import expand_jobs, list_param_files, load_params
+from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
 
-# workflow/scripts, whether the entry point is ./Snakefile or workflow/Snakefile
-sys.path.insert(0, str(next(p for p in (Path(workflow.basedir) / "scripts", Path(workflow.basedir) / "workflow" / "scripts") if p.is_dir())))
-from plan import job_data_dirs, job_settings  # noqa: E402
 
 
 def _flag(value) -> bool:
@@ -96,22 +92,12 @@ def run_files(experiment: str) -> list[str]:
 
 
 def job_fingerprint(experiment: str, job) -> str:
-    """What a job's results depend on, as canonical JSON: tracked by Snakemake's `params` rerun trigger.
-
-    The job itself (method, settings, seeds, command line) and each of its settings' fully resolved
-    method config and problem, never another method's: editing one method's grid reruns only that
-    method's jobs. Resources are left out (more memory does not change a result).
-    """
-    desc = {k: v for k, v in asdict(job).items() if k != "resources"}
-    desc["settings"] = {
-        s.setting_id: {"values": s.values, "config": to_dict(s.config), "problem": to_dict(s.problem)}
-        for s in job_settings(PARAMS[experiment][1], SCALE, job)
-    }
-    return json.dumps(desc, sort_keys=True, default=str)
+    """What a job's results depend on (lop.plan.job_fingerprint): Snakemake's `params` rerun trigger."""
+    return plan_fingerprint(PARAMS[experiment][1], SCALE, job)
 
 
 def job_data(experiment: str, job) -> list[str]:
-    """The prepared-data folders a job reads (workflow/scripts/plan.py), so Snakemake prepares them first."""
+    """The prepared-data folders a job reads (lop.plan), so Snakemake prepares them first."""
     return job_data_dirs(PARAMS[experiment][1], SCALE, job)
 
 

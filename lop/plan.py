@@ -1,8 +1,10 @@
-"""What the pipeline plans from the params files: the data a job reads (shared by the Snakefile and
-dvc_pipeline.py; no Snakemake or DVC imports here)."""
+"""What the pipeline plans from the params files: the data a job reads and what its results depend on
+(used by the Snakemake rules and by workflow/scripts/dvc_pipeline.py; no Snakemake or DVC imports here)."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +48,18 @@ def experiment_data_dirs(params: Any, scale: str) -> list[str]:
             for d in problem_data_dirs(s.problem)
         }
     )
+
+
+def job_fingerprint(params: Any, scale: str, job: Any) -> str:
+    """What a job's results depend on, as canonical JSON (Snakemake's `params` rerun trigger).
+
+    The job itself (method, settings, seeds, command line) and each of its settings' fully resolved
+    method config and problem, never another method's: editing one method's grid reruns only that
+    method's jobs. Resources are left out (more memory does not change a result).
+    """
+    desc = {k: v for k, v in asdict(job).items() if k != "resources"}
+    desc["settings"] = {
+        s.setting_id: {"values": s.values, "config": to_dict(s.config), "problem": to_dict(s.problem)}
+        for s in job_settings(params, scale, job)
+    }
+    return json.dumps(desc, sort_keys=True, default=str)
