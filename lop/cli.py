@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _runs_from_run_file(path: Path, seeds_arg: str | None):
     """A run file: {experiment, scale?, problem: {...}, method: name, config: {MethodConfig}, seeds: [...]}."""
     from lop.config import MethodConfig, from_dict
-    from lop.experiments.base import RunSpec, get_experiment
+    from lop.experiments.base import RunSpec, check_supported, get_experiment
     from lop.params import setting_id
 
     if not path.is_file():
@@ -111,6 +111,7 @@ def _runs_from_run_file(path: Path, seeds_arg: str | None):
     spec = get_experiment(str(raw["experiment"]))
     problem = from_dict(spec.problem_cls, raw.get("problem", {}), f"{path}:problem")
     cfg = from_dict(MethodConfig, raw.get("config", {}), f"{path}:config")
+    check_supported(spec, cfg, f"{path}:config")
     seeds = _seeds(seeds_arg) if seeds_arg is not None else raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"{path}:seeds", "must be a non-empty list of non-negative integers")

@@ -138,9 +138,15 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain JSON-able data of a config dataclass (tuples become lists)."""
+    """Plain JSON-able data of a config dataclass (tuples become lists). Fields marked
+    ``metadata={"omit_if_default": True}`` (methods added after results were published) are left out
+    while at their default, so adding a method changes no existing run's resolved config or hash."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)
+        }
     if isinstance(obj, tuple | list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -192,6 +198,16 @@ class ReDoConfig:
 
 
 @dataclass(frozen=True)
+class L2InitConfig:
+    """L2-Init (Kumar, Marklund & Van Roy 2023): loss term strength · ‖θ − θ₀‖², θ₀ the initial parameters."""
+
+    strength: float = 1e-3
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.strength >= 0, "strength", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """One learning method: optimiser + regularisers + plasticity mechanisms, composable."""
 
@@ -208,6 +224,8 @@ class MethodConfig:
     head_reset: bool = False
     retrain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # methods added through the method layer (lop.algos.methods): optional, omitted from to_dict while unset
+    l2_init: L2InitConfig | None = field(default=None, metadata={"omit_if_default": True})
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -217,6 +235,16 @@ class MethodConfig:
             + check(self.eps > 0, "eps", "must be > 0")
             + check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
             + check(self.noise_std >= 0, "noise_std", "must be >= 0")
+            + check(
+                self.optimizer == "sgd" or self.momentum == 0.0,
+                "momentum",
+                "is an SGD setting and Adam would ignore it; Adam's moments are set by betas",
+            )
+            + check(
+                self.optimizer == "adam" or (self.betas == (0.9, 0.999) and self.eps == 1e-8),
+                "betas",
+                "betas and eps are Adam settings and SGD would ignore them; remove them or use optimizer: adam",
+            )
         )
 
 

@@ -4,17 +4,23 @@
 
     experiment: scr
     description: ...
-    methods: {...}            # default method grid for every scale
+    presets: presets/ppo.yaml # optional: a file of shared `methods:`, merged under this file's
+    methods: {...}            # every method, defined once (as the paper scale runs it)
     resources: {...}          # default resources
     scales:
       smoke: {problem: {...}, seeds: [0, 1], seeds_per_job: 2, pack_settings: true,
-              resources: {...}, methods: {...}}   # methods/resources here replace the defaults
+              resources: {...},                  # resources here replace the defaults
+              only: [bp, cbp],                   # optional: the subset of methods this scale runs
+              patch: {cbp: {grid: {cbp.replacement_rate: [1.0e-3]}}}}  # optional per-method changes
       demo: ...
       paper: ...
 
-A method is ``{base: {<MethodConfig keys>}, grid: {<dotted key>: [values...]}}``; its settings are
-the cartesian product of the grid lists. `load_params` validates everything (the problem against
-the experiment's dataclass, every grid point against `MethodConfig`) before any job is planned.
+A method is ``{base: {<MethodConfig keys>}, grid: {<dotted key>: [values...]}, problem: {...}}``; its
+settings are the cartesian product of the grid lists. A patch is merged into the method recursively:
+mappings merge key by key, any other value (a list, a number) replaces, and ``null`` deletes the key.
+The presets file's methods are merged the same way under the file's own ``methods:``. `load_params`
+validates everything (the problem against the experiment's dataclass, every grid point against
+`MethodConfig` and against the keys the experiment supports) before any job is planned.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import yaml
 
 from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
 from lop.errors import ConfigError
-from lop.experiments.base import RunSpec, get_experiment
+from lop.experiments.base import RunSpec, check_supported, get_experiment
 
 SCALES = ("smoke", "demo", "paper")
 _SAFE = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
@@ -80,7 +86,8 @@ class ScaleSpec:
     checkpoint_minutes: float = 10.0
     models_every: int = 0  # with `lop run --models-dir`: network snapshots every N units (0 = none)
     resources: Resources | None = None
-    methods: dict[str, MethodSpec] | None = None
+    only: list[str] | None = None
+    patch: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class ParamsFile:
     experiment: str
     scales: dict[str, ScaleSpec]
     description: str = ""
+    presets: str | None = None
     methods: dict[str, MethodSpec] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
 
@@ -125,6 +133,7 @@ class Params:
     data: ParamsFile
     problems: dict[str, Any]
     settings: dict[str, dict[str, list[Setting]]]  # scale -> method -> settings
+    sources: list[Path] = field(default_factory=list)  # the params file and its presets file
 
     @property
     def experiment(self) -> str:
@@ -174,8 +183,9 @@ def setting_id(values: Mapping[str, Any]) -> str:
 
 
 def _expand_method(
-    where: str, name: str, spec: MethodSpec, problem_cls: type, scale_problem: dict[str, Any]
+    where: str, name: str, spec: MethodSpec, experiment: Any, scale_problem: dict[str, Any]
 ) -> list[Setting]:
+    problem_cls = experiment.problem_cls
     for key, values in spec.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.grid.{key}", "must be a non-empty list of values")
@@ -192,6 +202,7 @@ def _expand_method(
                 data = set_dotted(data, k, v)
         sid = setting_id(values)
         config = from_dict(MethodConfig, data, f"{where}[{sid}]")
+        check_supported(experiment, config, where)
         problem = from_dict(problem_cls, prob, f"{where}[{sid}].problem")
         if not _SAFE.match(sid):
             raise ConfigError(f"{where}.grid", f"setting id {sid!r} is not filesystem-safe")
@@ -200,6 +211,98 @@ def _expand_method(
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{where}.grid", "grid produces duplicate settings")
     return out
+
+
+def merge_patch(base: Any, patch: Any) -> Any:
+    """`base` with `patch` merged in: mappings merge key by key (``None`` deletes), anything else replaces."""
+    if not isinstance(base, Mapping) or not isinstance(patch, Mapping):
+        return patch
+    out = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(base.get(key), value)
+    return out
+
+
+def _read_yaml(path: Path, where: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(where, f"file {path} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+
+
+def _resolve_methods(path: Path, raw: Any) -> tuple[Any, list[Path]]:
+    """Raw params data with presets merged and each scale's ``only``/``patch`` applied: returns the data
+    with every scale's resolved ``methods`` (raw) under ``_methods`` and the files read."""
+    sources = [path]
+    if not isinstance(raw, Mapping):
+        return raw, sources
+    raw = dict(raw)
+    methods = raw.get("methods") or {}
+    if not isinstance(methods, Mapping):
+        raise ConfigError(f"{path}:methods", "expected a mapping of method names to presets")
+    preset = raw.get("presets")
+    if preset is not None:
+        if not isinstance(preset, str) or Path(preset).is_absolute() or ".." in Path(preset).parts:
+            raise ConfigError(
+                f"{path}:presets", "expected a path relative to the params folder, e.g. presets/ppo.yaml"
+            )
+        ppath = path.parent / preset
+        pdata = _read_yaml(ppath, f"{path}:presets")
+        if (
+            not isinstance(pdata, Mapping)
+            or set(pdata) != {"methods"}
+            or not isinstance(pdata["methods"], Mapping)
+        ):
+            raise ConfigError(str(ppath), "a presets file holds exactly one key, methods: {name: preset}")
+        sources.append(ppath)
+        methods = merge_patch(dict(pdata["methods"]), methods)
+    raw["methods"] = methods
+    scales = raw.get("scales")
+    if not isinstance(scales, Mapping):
+        return raw, sources
+    resolved = {}
+    for name, sc in scales.items():
+        sw = f"{path}:scales.{name}"
+        if not isinstance(sc, Mapping):
+            continue
+        if "methods" in sc:
+            raise ConfigError(
+                f"{sw}.methods",
+                "a scale does not redefine methods; define each once under the top-level methods: and "
+                "choose them per scale with only: [names] and patch: {name: {changes}}",
+            )
+        only = sc.get("only")
+        if only is None:
+            names = list(methods)
+        elif not isinstance(only, list) or not all(isinstance(n, str) for n in only):
+            raise ConfigError(f"{sw}.only", "expected a list of method names")
+        else:
+            names = only
+        for n in names:
+            if n not in methods:
+                raise ConfigError(f"{sw}.only", f"no method {n!r}; defined: {', '.join(methods)}")
+        patch = sc.get("patch") or {}
+        if not isinstance(patch, Mapping):
+            raise ConfigError(f"{sw}.patch", "expected a mapping of method names to changes")
+        for n, change in patch.items():
+            if n not in names:
+                raise ConfigError(
+                    f"{sw}.patch.{n}", f"not a method of this scale; its methods: {', '.join(names)}"
+                )
+            if not isinstance(change, Mapping):
+                raise ConfigError(
+                    f"{sw}.patch.{n}", "expected a mapping of changes, e.g. {grid: {lr: [0.01]}}"
+                )
+        resolved[name] = {
+            n: merge_patch(methods[n], patch.get(n)) if n in patch else methods[n] for n in names
+        }
+    raw["_methods"] = resolved
+    return raw, sources
 
 
 def load_params(path: str | Path) -> Params:
@@ -211,6 +314,8 @@ def load_params(path: str | Path) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    raw, sources = _resolve_methods(path, raw)
+    scale_methods = raw.pop("_methods", {}) if isinstance(raw, dict) else {}
     where = f"{path}:"
     data = from_dict(ParamsFile, raw, where.rstrip(":") + ":")
     spec = get_experiment_checked(data.experiment, f"{path}:experiment")
@@ -237,17 +342,47 @@ def load_params(path: str | Path) -> Params:
             raise ConfigError(f"{sw}.models_every", "must be >= 0 (0 = no model snapshots)")
         if scale.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"{sw}.device", "must be auto, cpu or cuda")
-        methods = scale.methods if scale.methods is not None else data.methods
+        methods = scale_methods.get(scale_name, {})
         if not methods:
-            raise ConfigError(f"{sw}.methods", "no methods defined for this scale")
+            raise ConfigError(f"{sw}.only", "no methods for this scale")
         settings[scale_name] = {}
-        for mname, mspec in methods.items():
+        for mname, mraw in methods.items():
             if not _SAFE.match(mname):
-                raise ConfigError(f"{sw}.methods.{mname}", "method names may use letters, digits, _ . - only")
-            settings[scale_name][mname] = _expand_method(
-                f"{sw}.methods.{mname}", mname, mspec, spec.problem_cls, scale.problem
+                raise ConfigError(
+                    f"{path}:methods.{mname}", "method names may use letters, digits, _ . - only"
+                )
+            settings[scale_name][mname] = _expand_scale_method(
+                path, sw, mname, mraw, scale.patch.get(mname), spec, scale.problem
             )
-    return Params(path, data, problems, settings)
+    return Params(path, data, problems, settings, sources)
+
+
+def _keys(tree: Any) -> set[str]:
+    """Every key (and dotted grid key part) anywhere in a nested mapping."""
+    if not isinstance(tree, Mapping):
+        return set()
+    out = set()
+    for k, v in tree.items():
+        out |= set(str(k).split(".")) | _keys(v)
+    return out
+
+
+def _expand_scale_method(
+    path: Path, sw: str, name: str, raw: Any, patch: Any, experiment: Any, problem: dict[str, Any]
+) -> list[Setting]:
+    """A scale's settings of one method; errors point at the scale's patch when the bad key is in it,
+    else at the method's definition under the top-level ``methods:``."""
+    defined = f"{path}:methods.{name}"
+    where = f"{sw}.patch.{name}" if patch else defined
+    try:
+        return _expand_method(where, name, from_dict(MethodSpec, raw, where), experiment, problem)
+    except ConfigError as e:
+        if patch and e.where.startswith(where):
+            rest = e.where.removeprefix(where)  # ".redo", "[lr=0.01].lrr", ".grid.lr"
+            key = rest.rsplit(".", 1)[-1]
+            if key and key not in _keys(patch):
+                raise ConfigError(defined + rest, str(e).removeprefix(f"{e.where}: ")) from None
+        raise
 
 
 def get_experiment_checked(name: str, where: str):

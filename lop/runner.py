@@ -24,7 +24,7 @@ import torch
 
 from lop.config import to_dict
 from lop.errors import CheckpointError
-from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable, check_supported
 from lop.io import atomic_write, device_description, git_commit, load_checkpoint, save_checkpoint, versions
 
 CHECKPOINT_FORMAT = 1
@@ -145,6 +145,8 @@ def run_group(
         print(f"[lop] all {len(runs)} runs already complete in {out}", file=sys.stderr)
         return dirs
     check_packable(runs)
+    for r in runs:
+        check_supported(spec, r.config, f"method {r.method!r} [{r.setting_id}]")
     ghash = group_hash(spec, scale, problem, runs)
     ckpt_path = out / ".checkpoints" / f"{ghash}.pt"
     started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -27,12 +27,16 @@ def _check_error(r, *needles, out: Path | None = None):
 
 
 def _smoke_method(data, method="bp"):
-    return data["scales"]["smoke"]["methods"][method]
+    """The smoke scale's patch of `method` (created empty), with `base` and `grid` mappings."""
+    patch = data["scales"]["smoke"].setdefault("patch", {}).setdefault(method, {})
+    patch.setdefault("base", {})
+    patch.setdefault("grid", {})
+    return patch
 
 
 BAD_PARAMS = [
     (lambda d: d.update(experiment="nope"), ["experiment", "unknown experiment 'nope'"]),
-    (lambda d: _smoke_method(d)["base"].update(lrr=0.1), ["scales.smoke.methods.bp", "lrr", "unknown key"]),
+    (lambda d: _smoke_method(d)["base"].update(lrr=0.1), ["scales.smoke.patch.bp", "lrr", "unknown key"]),
     (lambda d: _smoke_method(d)["base"].update(momentum="fast"), ["momentum", "expected a number"]),
     (lambda d: _smoke_method(d)["grid"].update(lr=[0.0]), ["lr", "step size must be > 0"]),
     (lambda d: _smoke_method(d)["grid"].update(lr=[-0.01]), ["lr", "step size must be > 0"]),

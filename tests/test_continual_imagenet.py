@@ -149,8 +149,11 @@ def test_missing_data_and_too_few_images_raise_clear_errors(data_dir, tmp_path):
         ContinualImageNetTrainer(_problem(data_dir, train_per_class=100), _runs(BP), CPU)
     with pytest.raises(DataError, match="n_classes"):
         ContinualImageNetTrainer(_problem(data_dir, n_classes=50), _runs(BP), CPU)
-    with pytest.raises(ConfigError, match="head_reset"):
-        ContinualImageNetTrainer(_problem(data_dir), _runs(MethodConfig(head_reset=True)), CPU)
+    from lop.experiments.base import check_supported
+    from lop.experiments.continual_imagenet import EXPERIMENT
+
+    with pytest.raises(ConfigError, match="head_reset: not supported by experiment continual_imagenet"):
+        check_supported(EXPERIMENT, MethodConfig(head_reset=True), "m")
 
 
 def _params_file(tmp_path: Path, data_dir: Path) -> Path:
@@ -169,20 +172,16 @@ def _params_file(tmp_path: Path, data_dir: Path) -> Path:
                 "seeds": [0, 1],
                 "seeds_per_job": 2,
                 "device": "cpu",
-                "methods": {
-                    "cbp": {
-                        "base": {
-                            "momentum": 0.9,
-                            "lr": 0.01,
-                            "noise_std": 1e-5,
-                            "cbp": {
-                                "replacement_rate": 0.01,
-                                "maturity": 2,
-                                "utility": "adaptable_contribution",
-                            },
-                        }
-                    }
-                },
+            }
+        },
+        "methods": {
+            "cbp": {
+                "base": {
+                    "momentum": 0.9,
+                    "lr": 0.01,
+                    "noise_std": 1e-5,
+                    "cbp": {"replacement_rate": 0.01, "maturity": 2, "utility": "adaptable_contribution"},
+                }
             }
         },
     }

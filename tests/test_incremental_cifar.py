@@ -200,9 +200,9 @@ def _params_file(tmp_path: Path, data_dir: Path) -> Path:
                 "seeds": [0, 1],
                 "seeds_per_job": 2,
                 "device": "cpu",
-                "methods": {"cbp": {"base": method}},
             }
         },
+        "methods": {"cbp": {"base": method}},
     }
     path = tmp_path / "incremental_cifar.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -1,6 +1,7 @@
 """Online (per-example) learning of a seed-batched MLP: the learner of the SCR and permuted-MNIST
-experiments. One `step` = forward, loss gradient, hand-written backward, optimiser update
-(L2 inside the optimiser), Shrink & Perturb noise, then continual backpropagation.
+experiments. One `step` = forward, loss gradient, hand-written backward, then the method layer's
+points in their documented order (`lop.algos.method_layer`): gradient edits, the optimiser update
+(L2 inside the optimiser), after-step hooks (Shrink & Perturb noise, then continual backprop).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from typing import Any, Literal
 import torch
 
 from lop.algos.cbp import ContinualBackprop
-from lop.algos.perturb import GaussianPerturbation
+from lop.algos.method_layer import MethodStack
 from lop.config import MethodConfig
 from lop.nets.mlp import BatchedMLP, ForwardCache
-from lop.optim import make_optimizer, per_run
 from lop.rng import RunStreams
 
 
 class OnlineMLPLearner:
-    """Net + optimiser + perturbation + CBP for a batch of runs sharing one architecture."""
+    """Net + the method stack (optimiser and method hooks) for a batch of runs sharing one architecture."""
+
+    HOOK_POINTS = frozenset({"edit_grads", "after_step"})
 
     def __init__(
         self,
@@ -28,16 +30,18 @@ class OnlineMLPLearner:
         streams: RunStreams,
         loss: Literal["mse", "cross_entropy"],
     ) -> None:
-        device = streams.device
         self.net = net
         self.loss = loss
-        self.optimizer = make_optimizer(net.parameters(), methods, device)
-        std = per_run([m.noise_std for m in methods], device)
-        self.perturb = GaussianPerturbation(net.parameters(), std, streams) if bool((std > 0).any()) else None
-        cbp_cfgs = [m.cbp for m in methods]
-        self.cbp = None
-        if all(c is not None for c in cbp_cfgs) and net.n_hidden > 0:
-            self.cbp = ContinualBackprop(net.unit_layers(), cbp_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
+        self.methods = MethodStack(
+            methods,
+            streams,
+            params=net.parameters(),
+            unit_layers=net.unit_layers() if net.n_hidden > 0 else (),
+            learner_points=self.HOOK_POINTS,
+        )
+        self.optimizer = self.methods.optimizer
+        cbp = self.methods.get("cbp")
+        self.cbp: ContinualBackprop | None = cbp.impl if cbp is not None else None  # type: ignore[attr-defined]
 
     def loss_grad(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-example loss ``[S, B]``, d mean-loss / d out) for squared error or cross-entropy."""
@@ -59,21 +63,11 @@ class OnlineMLPLearner:
         return loss, out
 
     def update(self, t: int, cache: ForwardCache, grad_out: torch.Tensor) -> None:
-        self.optimizer.step(self.net.backward(cache, grad_out))
-        if self.perturb is not None:
-            self.perturb.step(t)
-        if self.cbp is not None:
-            self.cbp.step(t, cache.post)
+        self.methods.step(t, self.net.backward(cache, grad_out), cache.post)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "cbp": self.cbp.state_dict() if self.cbp is not None else {},
-        }
+        return {"net": self.net.state_dict(), "methods": self.methods.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.cbp is not None:
-            self.cbp.load_state_dict(state["cbp"])
+        self.methods.load_state_dict(state["methods"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,26 +38,63 @@ class RunSpec:
 
 
 class Trainer(ABC):
-    """Trains a group of runs unit by unit; all state lives in tensors returned by `state_dict`."""
+    """Trains a group of runs unit by unit; all state lives in tensors returned by `state_dict`.
+
+    The base class owns the bookkeeping every experiment needs: divergence tracking (`init_divergence`,
+    `mark_diverged`, `diverged_at`), save/restore of the state named in `state_attrs` (dotted attribute
+    paths of tensors, dicts of tensors, or objects with ``state_dict``/``load_state_dict``, restored in
+    order; ``diverged`` is always included) and `metric`, one value per run at one x-position.
+    """
 
     n_units: int
     unit_name: str = "unit"
     stand_in: bool = False  # True when the data are a stand-in (copied into every run.json)
+    state_attrs: ClassVar[tuple[str, ...]] = ()
+    diverged: torch.Tensor
 
     @abstractmethod
     def train_unit(self, unit: int) -> list[MetricBlock]:
         """Advance by one unit (a bin of steps, a task, an epoch, an update) and return its metrics."""
 
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume (tensors, ints, floats, strings, lists/dicts of them)."""
+    # ---- divergence -----------------------------------------------------------------------------
+    def init_divergence(self, n_runs: int, device: torch.device) -> None:
+        """Every run starts as not diverged (−1)."""
+        self.diverged = torch.full((n_runs,), -1, dtype=torch.int64, device=device)
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def mark_diverged(self, bad: torch.Tensor, at: int | torch.Tensor) -> None:
+        """Record step `at` (an int or ``[S]``) for the runs first found non-finite now (``bad [S]``)."""
+        self.diverged = torch.where((self.diverged < 0) & bad, at, self.diverged)
 
-    @abstractmethod
     def diverged_at(self) -> torch.Tensor:
         """``[S]`` int64: first step at which each run's loss was non-finite, −1 if never."""
+        return self.diverged
+
+    # ---- resume state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: ``diverged`` and each of `state_attrs`."""
+        out: dict[str, Any] = {"diverged": self.diverged}
+        for name in self.state_attrs:
+            value = attrgetter(name)(self)
+            out[name] = value if isinstance(value, torch.Tensor | dict) else value.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.state_attrs:
+            value = attrgetter(name)(self)
+            if isinstance(value, torch.Tensor):
+                value.copy_(state[name])
+            elif isinstance(value, dict):
+                for k, v in state[name].items():
+                    value[k].copy_(v)
+            else:
+                value.load_state_dict(state[name])
+        self.diverged.copy_(state["diverged"])
+
+    # ---- metrics --------------------------------------------------------------------------------
+    @staticmethod
+    def metric(name: str, step: int, values: torch.Tensor) -> MetricBlock:
+        """A metric with one value per run (``values [S]``) at x-position `step`."""
+        return MetricBlock(name, torch.tensor([step], dtype=torch.int64), values.reshape(-1, 1))
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The networks' tensors (leading run axis S) for model snapshots at unit boundaries: by default
@@ -81,13 +120,41 @@ def flatten_tensors(tree: Any, prefix: str = "") -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """An experiment: its problem dataclass and a builder of trainers for groups of runs."""
+    """An experiment: its problem dataclass, a builder of trainers for groups of runs, and the
+    `MethodConfig` keys it supports (`supports`: the method layer's keys its learner's hook points
+    cover, `lop.algos.method_layer.supported_keys`, plus the experiment's own, e.g. ``head_reset``).
+    A run that sets any other key to a non-default value is rejected before training."""
 
     name: str
     problem_cls: type
     build: Callable[[Any, Sequence[RunSpec], torch.device], Trainer]
     description: str = ""
     needs_data: tuple[str, ...] = field(default_factory=tuple)
+    supports: frozenset[str] = field(default_factory=frozenset)
+
+
+def set_method_keys(config: MethodConfig) -> list[str]:
+    """The `MethodConfig` keys `config` sets to something other than their defaults."""
+    out = []
+    for f in dataclasses.fields(config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if getattr(config, f.name) != default:
+            out.append(f.name)
+    return out
+
+
+def check_supported(spec: ExperimentSpec, config: MethodConfig, where: str) -> None:
+    """Raise `ConfigError` at ``<where>.<key>`` for the first method key `spec` does not support,
+    naming the experiments that do."""
+    for key in set_method_keys(config):
+        if key in spec.supports:
+            continue
+        others = sorted(name for name, e in experiments().items() if key in e.supports)
+        hint = f"experiments that support it: {', '.join(others)}" if others else "no experiment supports it"
+        raise ConfigError(
+            f"{where}.{key}",
+            f"not supported by experiment {spec.name} (it would be ignored); remove it ({hint})",
+        )
 
 
 def check_packable(runs: Sequence[RunSpec], where: str = "runs") -> None:

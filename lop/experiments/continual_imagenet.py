@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from lop.algos.method_layer import supported_keys
 from lop.config import check
-from lop.errors import ConfigError, DataError
+from lop.errors import DataError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.metrics import weight_magnitude
 from lop.nets.convnet import build_imagenet_net
@@ -76,18 +77,12 @@ class ContinualImageNetTrainer(Trainer):
     """Trains S runs (seeds × settings of one method) on their own task sequences; unit = one task."""
 
     unit_name = "task"
+    state_attrs = ("net", "learner")
 
     def __init__(
         self, problem: ContinualImageNetProblem, runs: Sequence[RunSpec], device: torch.device
     ) -> None:
         self.p = problem
-        for r in runs:
-            if r.config.head_reset or r.config.retrain or r.config.redo is not None:
-                raise ConfigError(
-                    f"method {r.method!r}",
-                    "head_reset/retrain/redo are not Continual ImageNet options (the output layer is zeroed "
-                    "at every task start anyway); remove them",
-                )
         self.streams = RunStreams([r.seed for r in runs], device)
         self.data = load_imagenet_tensors(
             problem.data_dir,
@@ -115,7 +110,7 @@ class ContinualImageNetTrainer(Trainer):
         self.steps_per_task = problem.epochs_per_task * self.n_batches
         self.n_units = problem.n_tasks
         self.head = [t for name, t in self.net.named_parameters() if name.startswith(self._head_prefix())]
-        self.diverged = torch.full((len(runs),), -1, dtype=torch.int64, device=device)
+        self.init_divergence(len(runs), device)
 
     def _head_prefix(self) -> str:
         return "fc3." if "fc3.weight" in self.net.params else "fc."
@@ -147,8 +142,7 @@ class ContinualImageNetTrainer(Trainer):
                     acc_sum += acc
         test_acc = self.evaluate(classes)
         task = unit + 1
-        bad = self.learner.bad
-        self.diverged = torch.where((self.diverged < 0) & bad, task, self.diverged)
+        self.mark_diverged(self.learner.bad, task)
         step = torch.tensor([task], dtype=torch.int64)
         blocks = [
             MetricBlock("test_accuracy", step, test_acc.unsqueeze(1)),
@@ -170,16 +164,6 @@ class ContinualImageNetTrainer(Trainer):
         self.net.train()
         return (logits.argmax(-1) == y).to(torch.float64).mean(1)
 
-    def diverged_at(self) -> torch.Tensor:
-        return self.diverged
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"net": self.net.state_dict(), "learner": self.learner.state_dict(), "diverged": self.diverged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.learner.load_state_dict(state["learner"])
-        self.diverged.copy_(state["diverged"])
 
 
 EXPERIMENT = ExperimentSpec(
@@ -188,4 +172,6 @@ EXPERIMENT = ExperimentSpec(
     build=ContinualImageNetTrainer,
     description="Continual ImageNet: binary tasks on 32x32 ImageNet (Fig. 1)",
     needs_data=("imagenet32",),
+    # the output layer is zeroed at every task start anyway: no head_reset/retrain
+    supports=supported_keys(MinibatchLearner.HOOK_POINTS) | {"arch"},
 )

@@ -35,13 +35,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from lop.algos.method_layer import supported_keys
 from lop.config import check
 from lop.data.augment import cifar_test_transform, cifar_train_transform
-from lop.errors import ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.metrics import rank_metrics, weight_magnitude
 from lop.nets.resnet import ResNet18
@@ -136,17 +136,13 @@ class IncrementalCifarTrainer(Trainer):
     """Trains S runs of one method (each with its own class order); unit = one epoch."""
 
     unit_name = "epoch"
+    state_attrs = ("net", "learner", "best", "best_val", "best_test", "max_test")
 
     def __init__(
         self, problem: IncrementalCifarProblem, runs: Sequence[RunSpec], device: torch.device
     ) -> None:
         self.p = problem
         s = len(runs)
-        for r in runs:
-            if r.config.arch != "default" or r.config.redo is not None:
-                raise ConfigError(
-                    f"method {r.method!r}", "arch: linear and redo are not supported by incremental_cifar"
-                )
         self.streams = RunStreams([r.seed for r in runs], device)
         self.data = load_cifar_tensors(
             problem.data_dir,
@@ -181,7 +177,7 @@ class IncrementalCifarTrainer(Trainer):
         self.best_val = torch.full((s,), -1.0, dtype=torch.float64, device=device)
         self.best_test = torch.zeros(s, dtype=torch.float64, device=device)
         self.max_test = torch.zeros(s, dtype=torch.float64, device=device)
-        self.diverged = torch.full((s,), -1, dtype=torch.int64, device=device)
+        self.init_divergence(s, device)
 
     # ---- schedule -----------------------------------------------------------------------------
     def n_seen(self, increment: int) -> int:
@@ -293,8 +289,7 @@ class IncrementalCifarTrainer(Trainer):
         self.best_val = torch.where(improved, val, self.best_val)
         self.best_test = torch.where(improved, test, self.best_test)
         self.max_test = torch.maximum(self.max_test, test)
-        bad = self.learner.bad
-        self.diverged = torch.where((self.diverged < 0) & bad, epoch + 1, self.diverged)
+        self.mark_diverged(self.learner.bad, epoch + 1)
 
     @torch.no_grad()
     def load_best(self) -> None:
@@ -379,27 +374,6 @@ class IncrementalCifarTrainer(Trainer):
         return dormant / total, torch.cat(feats, dim=1)
 
     # ---- checkpoint ---------------------------------------------------------------------------
-    def diverged_at(self) -> torch.Tensor:
-        return self.diverged
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "learner": self.learner.state_dict(),
-            "best": self.best,
-            "best_val": self.best_val,
-            "best_test": self.best_test,
-            "max_test": self.max_test,
-            "diverged": self.diverged,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.learner.load_state_dict(state["learner"])
-        for k, v in state["best"].items():
-            self.best[k].copy_(v)
-        for k in ("best_val", "best_test", "max_test", "diverged"):
-            getattr(self, k).copy_(state[k])
 
 
 EXPERIMENT = ExperimentSpec(
@@ -408,4 +382,5 @@ EXPERIMENT = ExperimentSpec(
     build=IncrementalCifarTrainer,
     description="Class-incremental CIFAR-100 with ResNet-18 (Fig. 2)",
     needs_data=("cifar100",),
+    supports=supported_keys(MinibatchLearner.HOOK_POINTS) | {"head_reset", "retrain"},
 )

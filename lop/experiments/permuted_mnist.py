@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from lop import metrics
+from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
 from lop.config import check
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
@@ -95,6 +96,7 @@ class PermutedMNISTTrainer(Trainer):
     """Unit = `unit_examples` online steps (a task is one or more units)."""
 
     unit_name = "block"
+    state_attrs = ("learner", "correct", "loss_sum")
 
     def __init__(self, problem: PermutedMNISTProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
@@ -121,7 +123,7 @@ class PermutedMNISTTrainer(Trainer):
         s = self.streams.n
         self.correct = torch.zeros(s, device=device)
         self.loss_sum = torch.zeros(s, device=device)
-        self.diverged = torch.full((s,), -1, dtype=torch.int64, device=device)
+        self.init_divergence(s, device)
         self._task_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ---- the stream ----------------------------------------------------------------------------
@@ -176,8 +178,7 @@ class PermutedMNISTTrainer(Trainer):
         return blocks
 
     def _track_divergence(self, step: int) -> None:
-        bad = ~torch.isfinite(self.loss_sum)
-        self.diverged = torch.where((self.diverged < 0) & bad, step, self.diverged)
+        self.mark_diverged(~torch.isfinite(self.loss_sum), step)
 
     @torch.no_grad()
     def probe(self, task: int) -> list[MetricBlock]:
@@ -196,21 +197,6 @@ class PermutedMNISTTrainer(Trainer):
                 out.append(MetricBlock(f"{name}/layer{layer}", steps, ranks[name].unsqueeze(1)))
         return out
 
-    def diverged_at(self) -> torch.Tensor:
-        return self.diverged
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "learner": self.learner.state_dict(),
-            "correct": self.correct,
-            "loss_sum": self.loss_sum,
-            "diverged": self.diverged,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
-        for name in ("correct", "loss_sum", "diverged"):
-            getattr(self, name).copy_(state[name])
 
 
 EXPERIMENT = ExperimentSpec(
@@ -219,4 +205,5 @@ EXPERIMENT = ExperimentSpec(
     build=PermutedMNISTTrainer,
     description="Online permuted MNIST (Extended Data Figs. 3, 4); `dataset: digits` for offline use",
     needs_data=("mnist",),
+    supports=supported_keys(OnlineMLPLearner.HOOK_POINTS) | {"arch"},
 )

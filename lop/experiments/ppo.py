@@ -31,6 +31,7 @@ from typing import Any, Literal
 import torch
 
 from lop import metrics
+from lop.algos.method_layer import supported_keys
 from lop.config import check
 from lop.envs import BatchedEnvs, EnvConfig
 from lop.errors import ConfigError
@@ -165,6 +166,7 @@ class PPOTrainer(Trainer):
     """Unit = one PPO update of all S runs (simulators stepped together, one batched learner)."""
 
     unit_name = "update"
+    state_attrs = ("learner", "envs")
 
     def __init__(self, problem: PPOProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
@@ -177,7 +179,7 @@ class PPOTrainer(Trainer):
         )
         self.learner = PPOLearner(self.agent, [r.config for r in runs], self.streams, problem.ppo_settings())
         self.n_units = problem.n_updates
-        self.diverged = torch.full((len(runs),), -1, dtype=torch.int64, device=device)
+        self.init_divergence(len(runs), device)
 
     # ------------------------------------------------------------------------------------------
     def train_unit(self, unit: int) -> list[MetricBlock]:
@@ -191,9 +193,7 @@ class PPOTrainer(Trainer):
         res = learner.update(ro, unit)
         end = (unit + 1) * p.rollout
         acted_diverged = (self.diverged >= 0).cpu()  # this rollout came from a non-finite policy
-        self.diverged = torch.where(
-            (self.diverged < 0) & res.nonfinite, torch.full_like(self.diverged, end), self.diverged
-        )
+        self.mark_diverged(res.nonfinite, end)
         redo_masks = learner.redo_step(unit + 1, ro.obs[:, -p.probe_steps :])
         steps = torch.tensor([end], dtype=torch.int64)
         blocks = self._episode_blocks(steps, acted_diverged)
@@ -261,20 +261,6 @@ class PPOTrainer(Trainer):
         ]
 
     # ------------------------------------------------------------------------------------------
-    def diverged_at(self) -> torch.Tensor:
-        return self.diverged
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "learner": self.learner.state_dict(),
-            "envs": self.envs.state_dict(),
-            "diverged": self.diverged,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
-        self.envs.load_state_dict(state["envs"])
-        self.diverged.copy_(state["diverged"])
 
 
 EXPERIMENTS = [
@@ -282,18 +268,21 @@ EXPERIMENTS = [
         name="ppo_slippery_ant",
         problem_cls=SlipperyAntProblem,
         build=PPOTrainer,
+        supports=supported_keys(PPOLearner.HOOK_POINTS),
         description="PPO on slippery Ant, friction changes every 2M steps (Fig. 3)",
     ),
     ExperimentSpec(
         name="ppo_ant",
         problem_cls=AntProblem,
         build=PPOTrainer,
+        supports=supported_keys(PPOLearner.HOOK_POINTS),
         description="PPO on Ant for 50M steps: loss of plasticity and internals (Fig. 4)",
     ),
     ExperimentSpec(
         name="ppo_mujoco",
         problem_cls=MujocoProblem,
         build=PPOTrainer,
+        supports=supported_keys(PPOLearner.HOOK_POINTS),
         description="PPO on Hopper / Walker2d (Extended Data Fig. 5a)",
     ),
 ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
 from lop.config import check
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
@@ -54,6 +55,7 @@ class SCRTrainer(Trainer):
     """Unit = one bin of `bin_size` examples; metric `squared_error` = mean over the bin."""
 
     unit_name = "bin"
+    state_attrs = ("learner", "inputs.slow")
 
     def __init__(self, problem: SCRProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
@@ -69,7 +71,7 @@ class SCRTrainer(Trainer):
             self.streams, problem.n_slow, problem.n_fast, problem.flip_every, problem.variant
         )
         self.n_units = problem.n_examples // problem.bin_size
-        self.diverged = torch.full((len(runs),), -1, dtype=torch.int64, device=device)
+        self.init_divergence(len(runs), device)
 
     def train_unit(self, unit: int) -> list[MetricBlock]:
         p = self.p
@@ -87,24 +89,11 @@ class SCRTrainer(Trainer):
                 sq[c * p.chunk + j] = loss[:, 0]
         sq = sq.transpose(0, 1)
         self._track_divergence(sq, t_bin)
-        end = torch.tensor([t_bin + p.bin_size], dtype=torch.int64)
-        return [MetricBlock("squared_error", end, sq.mean(1, keepdim=True))]
+        return [self.metric("squared_error", t_bin + p.bin_size, sq.mean(1))]
 
     def _track_divergence(self, sq: torch.Tensor, t0: int) -> None:
         bad = ~torch.isfinite(sq)
-        first = torch.where(bad.any(1), bad.to(torch.int8).argmax(1) + t0, -1)
-        self.diverged = torch.where(self.diverged >= 0, self.diverged, first)
-
-    def diverged_at(self) -> torch.Tensor:
-        return self.diverged
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"learner": self.learner.state_dict(), "slow": self.inputs.slow, "diverged": self.diverged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state["learner"])
-        self.inputs.slow.copy_(state["slow"])
-        self.diverged.copy_(state["diverged"])
+        self.mark_diverged(bad.any(1), bad.to(torch.int8).argmax(1) + t0)
 
 
 EXPERIMENT = ExperimentSpec(
@@ -112,4 +101,5 @@ EXPERIMENT = ExperimentSpec(
     problem_cls=SCRProblem,
     build=SCRTrainer,
     description="Slowly-changing regression (Extended Data Fig. 2)",
+    supports=supported_keys(OnlineMLPLearner.HOOK_POINTS) | {"arch"},
 )

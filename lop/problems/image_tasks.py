@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from lop.algos.cbp import ContinualBackprop
-from lop.algos.perturb import GaussianPerturbation
+from lop.algos.method_layer import MethodStack
 from lop.config import MethodConfig
 from lop.errors import DataError
 from lop.nets.units import UnitLayer
-from lop.optim import make_optimizer, per_run
 from lop.rng import RunStreams
 
 CLASS_ORDER_STREAM = "tasks/class_order"
@@ -279,12 +278,15 @@ def probe_indices(streams: RunStreams, name: str, counter: int, n_pool: int, n: 
 
 # ---- mini-batch learner -----------------------------------------------------------------------------
 class MinibatchLearner:
-    """A seed-batched image classifier's update: cross-entropy, batched SGD/Adam (L2 inside the optimiser),
-    Shrink & Perturb noise after every step, then continual backpropagation over `cbp_layers` (§3, §4, §6).
+    """A seed-batched image classifier's update: cross-entropy, then the method layer's points in their
+    documented order (`lop.algos.method_layer`): data hook, gradient edits, batched SGD/Adam (L2 inside the
+    optimiser), after-step hooks (Shrink & Perturb noise, then continual backprop over `cbp_layers`).
 
     ``net(x, return_activations=True)`` must return ``(logits, {layer name: activation})``. Non-finite
     losses are recorded per run on the device (`bad`), never synchronised per step.
     """
+
+    HOOK_POINTS = frozenset({"mix_batch", "edit_grads", "after_step"})
 
     def __init__(
         self,
@@ -293,25 +295,25 @@ class MinibatchLearner:
         streams: RunStreams,
         cbp_layers: Sequence[UnitLayer] = (),
     ) -> None:
-        device = streams.device
         self.net = net
         self.params = net.parameters()
-        self.optimizer = make_optimizer(self.params, methods, device)
-        std = per_run([m.noise_std for m in methods], device)
-        self.perturb = GaussianPerturbation(self.params, std, streams) if bool((std > 0).any()) else None
-        cbp_cfgs = [m.cbp for m in methods]
         self.cbp_layers = list(cbp_layers)
-        self.cbp: ContinualBackprop | None = None
-        if self.cbp_layers and all(c is not None for c in cbp_cfgs):
-            self.cbp = ContinualBackprop(self.cbp_layers, cbp_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
-        self.bad = torch.zeros(streams.n, dtype=torch.bool, device=device)
+        self.methods = MethodStack(
+            methods, streams, params=self.params, unit_layers=self.cbp_layers, learner_points=self.HOOK_POINTS
+        )
+        self.optimizer = self.methods.optimizer
+        cbp = self.methods.get("cbp")
+        self.cbp: ContinualBackprop | None = cbp.impl if cbp is not None else None  # type: ignore[attr-defined]
+        self.bad = torch.zeros(streams.n, dtype=torch.bool, device=streams.device)
 
     def step(
         self, t: int, x: torch.Tensor, y: torch.Tensor, n_logits: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One update on images x ``[S, B, ...]`` with labels y ``[S, B]``; the loss uses only the first
         `n_logits` outputs (the classes seen so far). Returns (mean loss ``[S]``, accuracy ``[S]``)."""
-        if self.cbp is not None:
+        x, y = self.methods.mix_batch(t, x, y)
+        acts: dict[str, torch.Tensor] = {}
+        if self.methods.needs_activations:
             logits, acts = self.net(x, return_activations=True)
         else:
             logits = self.net(x)
@@ -319,12 +321,8 @@ class MinibatchLearner:
             logits = logits[..., :n_logits]
         logp = torch.log_softmax(logits.float(), dim=-1)
         loss = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)  # [S]
-        grads = torch.autograd.grad(loss.sum(), self.params)
-        self.optimizer.step(grads)
-        if self.perturb is not None:
-            self.perturb.step(t)
-        if self.cbp is not None:
-            self.cbp.step(t, [acts[layer.name].detach() for layer in self.cbp_layers])
+        grads = list(torch.autograd.grad(loss.sum(), self.params))
+        self.methods.step(t, grads, [acts[layer.name].detach() for layer in self.cbp_layers] if acts else ())
         loss = loss.detach()
         self.bad |= ~torch.isfinite(loss)
         acc = (logits.detach().argmax(-1) == y).to(torch.float32).mean(1)
@@ -338,14 +336,8 @@ class MinibatchLearner:
                 st.zero_()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "cbp": self.cbp.state_dict() if self.cbp is not None else {},
-            "bad": self.bad,
-        }
+        return {"methods": self.methods.state_dict(), "bad": self.bad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.cbp is not None:
-            self.cbp.load_state_dict(state["cbp"])
+        self.methods.load_state_dict(state["methods"])
         self.bad.copy_(state["bad"])

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from lop.algos.cbp import ContinualBackprop
+from lop.algos.method_layer import MethodStack
 from lop.algos.redo import ReDo
 from lop.config import MethodConfig
 from lop.envs import BatchedEnvs
 from lop.errors import ConfigError
-from lop.optim import make_optimizer
 from lop.rl.agent import GaussianAgent
 from lop.rl.ppo_math import gae, gaussian_log_prob, ppo_clip_loss, standardize
 from lop.rng import RunStreams
@@ -157,7 +157,11 @@ class UpdateResult(NamedTuple):
 
 
 class PPOLearner:
-    """Adam over the agent, PPO updates, and the plasticity mechanisms (L2 in Adam, CBP, ReDo)."""
+    """Adam over the agent, PPO updates, and the method layer (`lop.algos.method_layer`): gradient edits,
+    the optimiser step (L2 inside Adam), after-step hooks on the minibatch's hidden activations (Shrink
+    & Perturb, CBP), and boundary hooks after each update on probe observations (ReDo)."""
+
+    HOOK_POINTS = frozenset({"edit_grads", "after_step", "at_boundary"})
 
     def __init__(
         self,
@@ -171,27 +175,26 @@ class PPOLearner:
         self.agent = agent
         self.streams = streams
         self.settings = settings
-        cbp_cfgs = [m.cbp for m in methods]
-        redo_cfgs = [m.redo for m in methods]
-        if any(c is not None for c in cbp_cfgs) and not all(c is not None for c in cbp_cfgs):
-            raise ConfigError("cbp", "all runs of one batch must use CBP or none")
-        if any(c is not None for c in redo_cfgs) and not all(c is not None for c in redo_cfgs):
-            raise ConfigError("redo", "all runs of one batch must use ReDo or none")
-        use_cbp, use_redo = cbp_cfgs[0] is not None, redo_cfgs[0] is not None
-        # only CBP/ReDo reset optimiser state per element; without them Adam takes the fused kernel
-        # (the fused kernel takes each parameter view's rows as they are; the per-element path updates
-        # the flat buffer, whose views CBP/ReDo map onto the optimiser state)
-        self._flat_grads = use_cbp or use_redo
-        params = [agent.flat] if self._flat_grads else agent.parameters()
-        self.optimizer = make_optimizer(params, methods, streams.device, resettable=self._flat_grads)
         policy_layers, value_layers = agent.unit_layers()
-        layers = policy_layers + value_layers
-        self.cbp: ContinualBackprop | None = None
-        self.redo: ReDo | None = None
-        if use_cbp:
-            self.cbp = ContinualBackprop(layers, cbp_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
-        if use_redo:
-            self.redo = ReDo(layers, redo_cfgs, streams, self.optimizer)  # type: ignore[arg-type]
+
+        # only methods that reset optimiser state per element need the flat parameter buffer (whose
+        # views they map onto the optimiser state); otherwise Adam takes the fused per-tensor kernel
+        def params(resettable: bool) -> list[torch.Tensor]:
+            return [agent.flat] if resettable else agent.parameters()
+
+        self.methods = MethodStack(
+            methods,
+            streams,
+            params=params,
+            unit_layers=policy_layers + value_layers,
+            learner_points=self.HOOK_POINTS,
+            fuse_if_possible=True,
+        )
+        self._flat_grads = self.methods.resettable
+        self.optimizer = self.methods.optimizer
+        cbp, redo = self.methods.get("cbp"), self.methods.get("redo")
+        self.cbp: ContinualBackprop | None = cbp.impl if cbp is not None else None  # type: ignore[attr-defined]
+        self.redo: ReDo | None = redo.impl if redo is not None else None  # type: ignore[attr-defined]
         self.steps_per_update = settings.epochs * (settings.rollout // settings.minibatch)
 
     # ------------------------------------------------------------------------------------------
@@ -248,34 +251,29 @@ class PPOLearner:
             mean, agent.log_std, act, logp_old, adv, v, ret, self.settings.clip, self.settings.value_coef
         )
         grads = [*agent.policy.backward(pcache, g_mean), g_log_std, *agent.value.backward(vcache, g_v)]
-        self.optimizer.step([agent.flatten(grads)] if self._flat_grads else grads)
-        if self.cbp is not None:
-            self.cbp.step(step, [*pcache.post, *vcache.post])
+        acts = [*pcache.post, *vcache.post] if self.methods.needs_activations else []
+        self.methods.step(step, [agent.flatten(grads)] if self._flat_grads else grads, acts)
         return lp, lv
 
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def redo_step(self, update: int, obs: torch.Tensor) -> list[torch.Tensor] | None:
-        """ReDo reset of the runs due at `update` from activations on probe obs ``[S, B, D]``."""
-        if self.redo is None or not self.redo.due(update):
+        """Boundary hooks after update `update` (ReDo resets of the runs due then) with activations on
+        probe obs ``[S, B, D]``; returns ReDo's reset masks, or None when no run reset."""
+        if not self.methods.has_boundary:
             return None
-        _, pcache = self.agent.policy.forward(obs)
-        _, vcache = self.agent.value.forward(obs)
-        return self.redo.step(update, [*pcache.post, *vcache.post])
+
+        def probe() -> list[torch.Tensor]:
+            _, pcache = self.agent.policy.forward(obs)
+            _, vcache = self.agent.value.forward(obs)
+            return [*pcache.post, *vcache.post]
+
+        return self.methods.at_boundary(update, probe).get("redo")
 
     def state_dict(self) -> dict[str, object]:
-        return {
-            "agent": self.agent.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "cbp": self.cbp.state_dict() if self.cbp is not None else {},
-            "redo": self.redo.state_dict() if self.redo is not None else {},
-        }
+        return {"agent": self.agent.state_dict(), "methods": self.methods.state_dict()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.agent.load_state_dict(state["agent"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        if self.cbp is not None:
-            self.cbp.load_state_dict(state["cbp"])  # type: ignore[arg-type]
-        if self.redo is not None:
-            self.redo.load_state_dict(state["redo"])  # type: ignore[arg-type]
+        self.methods.load_state_dict(state["methods"])  # type: ignore[arg-type]

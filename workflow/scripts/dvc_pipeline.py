@@ -61,8 +61,16 @@ def _indent(lines: list[str], wdir: str) -> str:
     return "".join(f"{line}\n" for line in ([f"    wdir: {wdir}"] if wdir else []) + lines)
 
 
-def train_stage(exp: str, data: list[str], wdir: str) -> str:
-    deps = [f"params/{exp}.yaml", *data, "lop", "workflow/Snakefile", "workflow/rules", "workflow/scripts"]
+def train_stage(exp: str, data: list[str], wdir: str, presets: tuple[str, ...] = ()) -> str:
+    deps = [
+        f"params/{exp}.yaml",
+        *presets,
+        *data,
+        "lop",
+        "workflow/Snakefile",
+        "workflow/rules",
+        "workflow/scripts",
+    ]
     lines = [
         f"    cmd: mkdir -p results/models/{exp}/${{scale}} && ${{snakemake}} "
         f"results/agg/{exp}-${{scale}}.parquet --config scale=${{scale}} ${{triggers}}",
@@ -141,7 +149,8 @@ def render(scale: str, params_dir: Path) -> str:
     for p in params:
         dirs = experiment_data_dirs(p, scale)
         datasets |= {Path(d).name.removesuffix(STANDIN) for d in dirs}
-        body += train_stage(p.experiment, dirs, wdir)
+        presets = tuple(f"params/{Path(src).relative_to(params_dir).as_posix()}" for src in p.sources[1:])
+        body += train_stage(p.experiment, dirs, wdir, presets)
     header = (DEMO_HEADER if standin else PAPER_HEADER) + COMMON_VARS
     return (
         header
