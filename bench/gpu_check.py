@@ -443,6 +443,7 @@ class ProfileEvent:
     count: int
     self_cpu_us: float
     self_device_us: float
+    on_device: bool  # a kernel/memcpy row (its time is GPU time), not a CPU-side op
 
 
 LAUNCH_KEYS = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
@@ -455,7 +456,8 @@ def summarize_profile(events: Sequence[ProfileEvent], device_type: str, wall_s: 
         top = sorted(events, key=lambda e: e.self_cpu_us, reverse=True)[:2]
         ops = ", ".join(f"{e.key} {e.self_cpu_us / total:.0%}" for e in top)
         return f"cpu: heaviest ops {ops} of op time"
-    kernels = [e for e in events if e.self_device_us > 0]
+    # only device rows: a CPU op's "self device time" repeats the time of the kernels it launched
+    kernels = [e for e in events if e.on_device and e.self_device_us > 0]
     device_us = sum(e.self_device_us for e in kernels)
     n_kernels = sum(e.count for e in kernels) or 1
     launches = sum(e.count for e in events if e.key in LAUNCH_KEYS)
@@ -473,6 +475,7 @@ def summarize_profile(events: Sequence[ProfileEvent], device_type: str, wall_s: 
 
 def profile_call(work: Workload, device: torch.device, index: int, wall_s: float) -> str:
     """Run `work.call(index)` under torch.profiler and summarise it against the unprofiled `wall_s`."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -488,6 +491,7 @@ def profile_call(work: Workload, device: torch.device, index: int, wall_s: float
             self_device_us=float(
                 getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0))
             ),
+            on_device=e.device_type != DeviceType.CPU,
         )
         for e in prof.key_averages()
     ]
