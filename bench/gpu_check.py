@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import math
 import os
 import platform
@@ -256,7 +257,6 @@ class ParityRow:
     replaced_cpu: list[int] | None
     replaced_dev: list[int] | None
     ok: bool
-    note: str = ""
 
 
 def tolerance(metric: str) -> tuple[float, float]:
@@ -525,6 +525,7 @@ def measure(build: Callable[[], Workload], device: torch.device, reps: int, prof
     if profile:
         row.profile = profile_call(work, device, reps + 1, wall)
     del work
+    gc.collect()  # trainers may sit in reference cycles; free their device memory before the next case
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
