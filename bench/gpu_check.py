@@ -829,6 +829,9 @@ def run_check(opts: Options) -> Report:
     sizes = TINY if tiny else FULL
     budget = Budget(opts.budget_s)
     report = Report(device=str(device), tiny=tiny)
+    if device.type == "cuda":
+        torch.zeros(1, device=device)  # create the context before any memory statistics are read
+        sync(device)
 
     def log(msg: str) -> None:
         print(f"[gpu_check {budget.elapsed():6.1f}s] {msg}", file=sys.stderr, flush=True)
