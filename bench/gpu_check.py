@@ -826,6 +826,19 @@ def run_check(opts: Options) -> Report:
 
     device = resolve_device(opts.device)
     tiny = device.type == "cpu" if opts.tiny is None else opts.tiny
+    threads = torch.get_num_threads()
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+    elif tiny and device.type == "cpu":
+        torch.set_num_threads(1)  # tiny problems gain nothing from threads; shared cores lose a lot
+    try:
+        return _run_sections(opts, device, tiny)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_sections(opts: Options, device: torch.device, tiny: bool) -> Report:
+    """The body of `run_check` (threads already set)."""
     sizes = TINY if tiny else FULL
     budget = Budget(opts.budget_s)
     report = Report(device=str(device), tiny=tiny)
@@ -898,7 +911,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default="parity,mnist,convnet,resnet",
         help="comma-separated subset of parity,mnist,convnet,resnet",
     )
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 in tiny cpu mode, else torch's)",
+    )
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip section (c)")
     a = ap.parse_args(argv)
     sections = tuple(s for s in a.sections.split(",") if s)
@@ -923,8 +941,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; exit status 1 when a parity row fails."""
     opts = parse_args(argv)
     keep_freed_memory()  # as `lop run` does (lop.allocator)
-    if opts.threads is not None:
-        torch.set_num_threads(opts.threads)
     report = run_check(opts)
     print(report.markdown)
     if opts.out is not None:

@@ -49,13 +49,15 @@ def _number(cell: str) -> float:
 @pytest.mark.slow
 def test_cpu_tiny_check_prints_and_writes_all_tables(gc, tmp_path, capsys):
     out = tmp_path / "sub" / "check.md"
+    threads = torch.get_num_threads()
     code = gc.main(["--device", "cpu", "--out", str(out), "--reps", "1"])
     printed = capsys.readouterr().out
     assert code == 0
     assert out.exists()
     text = out.read_text()
     assert text.strip() in printed
-    assert "mode tiny" in text
+    assert "mode tiny" in text and "1 CPU threads" in text  # tiny cpu mode: one thread ...
+    assert torch.get_num_threads() == threads  # ... restored afterwards
 
     parity = _table(text, "## (a) Parity")
     n_cases = sum(len(methods) for _, methods in gc.PARITY_CASES)
