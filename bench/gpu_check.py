@@ -15,7 +15,9 @@ It prints markdown tables and writes the same text to ``--out``:
     with the CPU trainer's initial state, so that the comparison tests the numerics of the device's code
     paths. TF32 is switched off for this section (fp32 everywhere). A row passes when no metric is
     non-finite, every metric agrees within the tolerance stated with the table, and the CBP replacement
-    counts of every run are equal.
+    counts of every run are equal. Then the BP group of each smoke scale runs once more through
+    ``lop.runner.run_group`` on the device, as ``lop run`` does (checkpoint after every unit, results
+    written): every run must end ``complete`` with finite metrics.
 (b) **throughput** — permuted MNIST 784-2000×3-10 (a prepared MNIST stand-in, batch 1) in seed-steps/s
     at S = 1, 30, 100 runs per process; the Continual ImageNet ConvNet (BP and CBP, batch 100) in
     images/s per run at S = 1, 8, 30; ResNet-18 of incremental CIFAR (BP and CBP, batch 90, full
@@ -400,6 +402,66 @@ def parity_case(
     )
 
 
+@dataclass
+class PipelineRow:
+    """`run_group` (the `lop run` path) on the device for one smoke group."""
+
+    experiment: str
+    method: str
+    runs: int
+    steps: int  # distinct x-positions (step column) of the metrics
+    statuses: str
+    finite: bool
+    device: str
+    wall_s: float
+    ok: bool
+
+
+def pipeline_case(
+    experiment: str,
+    method: str,
+    device: torch.device,
+    data: dict[str, Path],
+    out: Path,
+    overrides: Sequence[tuple[str, str, Any]] = (),
+) -> PipelineRow:
+    """Train a smoke group with `lop.runner.run_group` on `device`, checkpointing after every unit:
+    every run must end ``complete`` with finite metrics and record the device in its run.json."""
+    import json
+
+    import pandas as pd
+
+    from lop.runner import run_group
+
+    spec, problem, runs = smoke_group(experiment, method, data, overrides)
+    sync(device)
+    t0 = time.perf_counter()
+    dirs = run_group(
+        spec, problem, runs, out, scale="smoke", device=device, checkpoint_every=1, progress=False
+    )
+    sync(device)
+    wall = time.perf_counter() - t0
+    records = [json.loads((d / "run.json").read_text()) for d in dirs]
+    frames = [pd.read_parquet(d / "metrics.parquet") for d in dirs]
+    statuses = sorted({r["status"] for r in records})
+    finite = all(
+        bool(f["value"].notna().all()) and bool(f["value"].abs().lt(float("inf")).all()) for f in frames
+    )
+    recorded = sorted({str(r["device"]).split(":")[0] for r in records})
+    steps = int(max(f["step"].nunique() for f in frames)) if frames else 0
+    return PipelineRow(
+        experiment=experiment,
+        method=method,
+        runs=len(runs),
+        steps=steps,
+        statuses=",".join(statuses),
+        finite=finite,
+        device=",".join(recorded),
+        wall_s=wall,
+        ok=statuses == ["complete"] and finite and recorded == [device.type],
+    )
+
+
 # ---- (b) throughput and (c) profile -------------------------------------------------------------
 @dataclass
 class Workload:
@@ -715,6 +777,7 @@ class Report:
     device: str
     tiny: bool
     parity: list[ParityRow] = field(default_factory=list)
+    pipeline: list[PipelineRow] = field(default_factory=list)
     throughput: list[ThroughputRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -776,6 +839,19 @@ def render(report: Report, device: torch.device, opts: Options) -> str:
                 f"| {'yes' if r.finite else 'no'} | {_fmt_counts(r.replaced_cpu)} | {_fmt_counts(r.replaced_dev)} "
                 f"| {'pass' if r.ok else 'FAIL'} |"
             )
+    if report.pipeline:
+        lines += [
+            "",
+            f"### The `lop run` path on {device.type}: `run_group` with a checkpoint after every unit",
+            "",
+            "| experiment | method | runs | metric steps | status | finite | run.json device | wall (s) | result |",
+            "|---|---|---:|---:|---|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {r.experiment} | {r.method} | {r.runs} | {r.steps} | {r.statuses} | {'yes' if r.finite else 'no'} "
+            f"| {r.device} | {r.wall_s:.1f} | {'pass' if r.ok else 'FAIL'} |"
+            for r in report.pipeline
+        ]
     if report.throughput:
         mem = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS"
         lines += [
@@ -864,6 +940,15 @@ def _run_sections(opts: Options, device: torch.device, tiny: bool) -> Report:
                     )
                     report.parity.append(row)
                     log(f"parity {experiment}/{method}: {'pass' if row.ok else 'FAIL'}")
+            for experiment, methods in PARITY_CASES:
+                if budget.spent():
+                    report.skipped.append(f"pipeline {experiment}/{methods[0]}")
+                    continue
+                prow = pipeline_case(
+                    experiment, methods[0], device, data, Path(tmp) / "runs", sizes.parity_overrides
+                )
+                report.pipeline.append(prow)
+                log(f"run_group {experiment}/{methods[0]} on {device}: {'pass' if prow.ok else 'FAIL'}")
         builds: list[tuple[str, str, int, Callable[[], Workload]]] = []
         if "mnist" in opts.sections:
             builds += [
@@ -938,7 +1023,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the check; exit status 1 when a parity row fails."""
+    """Run the check; exit status 1 when a parity or pipeline row fails."""
     opts = parse_args(argv)
     keep_freed_memory()  # as `lop run` does (lop.allocator)
     report = run_check(opts)
@@ -946,7 +1031,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.out is not None:
         opts.out.parent.mkdir(parents=True, exist_ok=True)
         opts.out.write_text(report.markdown)
-    return 0 if all(r.ok for r in report.parity) else 1
+    return 0 if all(r.ok for r in [*report.parity, *report.pipeline]) else 1
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ def test_cpu_tiny_check_prints_and_writes_all_tables(gc, tmp_path, capsys):
     # CBP does replace units in these smoke runs, so the count comparison is not vacuous
     assert sum(int(c) for row in parity if row[1] == "cbp" for c in row[9].split(",")) > 0
 
+    pipeline = _table(text, "### The `lop run` path on cpu")
+    assert [(r[0], r[1]) for r in pipeline] == [(e, ms[0]) for e, ms in gc.PARITY_CASES]
+    for row in pipeline:
+        assert row[4:7] == ["complete", "yes", "cpu"] and row[-1] == "pass", row
+        assert int(row[3]) >= 2 and _number(row[7]) >= 0
+
     tput = _table(text, "## (b) Throughput")
     sizes = gc.TINY
     expected = len(sizes.mnist_seeds) + 2 * len(sizes.convnet_seeds) + 2 * len(sizes.resnet_seeds)
@@ -97,9 +103,10 @@ def test_cpu_tiny_check_prints_and_writes_all_tables(gc, tmp_path, capsys):
 def test_budget_spent_skips_every_case(gc):
     opts = gc.Options(device="cpu", budget_s=0.0, sections=("parity", "mnist"))
     report = gc.run_check(opts)
-    assert report.parity == []
+    assert report.parity == [] and report.pipeline == []
     assert report.throughput and not any(r.measured for r in report.throughput)
-    assert len(report.skipped) == sum(len(m) for _, m in gc.PARITY_CASES) + len(gc.TINY.mnist_seeds)
+    n_parity = sum(len(m) for _, m in gc.PARITY_CASES) + len(gc.PARITY_CASES)  # parity + pipeline rows
+    assert len(report.skipped) == n_parity + len(gc.TINY.mnist_seeds)
     assert "Skipped (budget spent)" in report.markdown
 
 
