@@ -520,19 +520,19 @@ def summarize_profile(events: Sequence[ProfileEvent], device_type: str, wall_s: 
         return f"cpu: heaviest ops {ops} of op time"
     # only device rows: a CPU op's "self device time" repeats the time of the kernels it launched
     kernels = [e for e in events if e.on_device and e.self_device_us > 0]
+    if not kernels:
+        return "no kernel events recorded (CUPTI unavailable?): GPU busy unknown"
     device_us = sum(e.self_device_us for e in kernels)
     n_kernels = sum(e.count for e in kernels) or 1
     launches = sum(e.count for e in events if e.key in LAUNCH_KEYS)
     busy = min(device_us / max(wall_s * 1e6, 1e-9), 1.0)
     verdict = "kernel-bound" if busy >= 0.7 else "launch/CPU-bound" if busy < 0.3 else "mixed"
-    line = (
+    top = max(kernels, key=lambda e: e.self_device_us)
+    return (
         f"{verdict}: GPU busy {busy:.0%} of wall, {launches / max(steps, 1):.0f} launches/step, "
-        f"mean kernel {device_us / n_kernels:.1f} µs"
+        f"mean kernel {device_us / n_kernels:.1f} µs; "
+        f"top kernel {top.key[:48]} ({top.self_device_us / max(device_us, 1e-9):.0%})"
     )
-    if kernels:
-        top = max(kernels, key=lambda e: e.self_device_us)
-        line += f"; top kernel {top.key[:48]} ({top.self_device_us / max(device_us, 1e-9):.0%})"
-    return line
 
 
 def profile_call(work: Workload, device: torch.device, index: int, wall_s: float) -> str:
@@ -585,7 +585,10 @@ def measure(build: Callable[[], Workload], device: torch.device, reps: int, prof
         peak_mib=peak,
     )
     if profile:
-        row.profile = profile_call(work, device, reps + 1, wall)
+        try:
+            row.profile = profile_call(work, device, reps + 1, wall)
+        except Exception as e:  # a profiler problem must not lose the timing
+            row.profile = f"profile failed: {type(e).__name__}: {e}"[:200]
     del work
     gc.collect()  # trainers may sit in reference cycles; free their device memory before the next case
     if device.type == "cuda":
@@ -780,6 +783,7 @@ class Report:
     pipeline: list[PipelineRow] = field(default_factory=list)
     throughput: list[ThroughputRow] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # cases that raised (the check goes on without them)
     elapsed_s: float = 0.0
     markdown: str = ""
 
@@ -893,6 +897,8 @@ def render(report: Report, device: torch.device, opts: Options) -> str:
             lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in g]
     if report.skipped:
         lines += ["", "Skipped (budget spent): " + "; ".join(report.skipped)]
+    if report.errors:
+        lines += ["", "## Errors", ""] + [f"* {e}" for e in report.errors]
     return "\n".join(lines) + "\n"
 
 
@@ -911,6 +917,20 @@ def run_check(opts: Options) -> Report:
         return _run_sections(opts, device, tiny)
     finally:
         torch.set_num_threads(threads)
+
+
+def _guarded(label: str, fn: Callable[[], Any], report: Report, device: torch.device) -> Any:
+    """`fn()`, or None after recording its exception in `report.errors` (e.g. CUDA out of memory):
+    one broken case must not cost the rest of a one-shot device run."""
+    try:
+        return fn()
+    except Exception as e:  # reported under Errors; the exit status is 1
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        report.errors.append(f"{label}: {type(e).__name__}: {first}")
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
 
 
 def _run_sections(opts: Options, device: torch.device, tiny: bool) -> Report:
@@ -935,20 +955,36 @@ def _run_sections(opts: Options, device: torch.device, tiny: bool) -> Report:
                     if budget.spent():
                         report.skipped.append(f"parity {experiment}/{method}")
                         continue
-                    row = parity_case(
-                        experiment, method, device, data, sizes.parity_max_units, sizes.parity_overrides
+                    row = _guarded(
+                        f"parity {experiment}/{method}",
+                        lambda e=experiment, m=method: parity_case(
+                            e, m, device, data, sizes.parity_max_units, sizes.parity_overrides
+                        ),
+                        report,
+                        device,
                     )
-                    report.parity.append(row)
-                    log(f"parity {experiment}/{method}: {'pass' if row.ok else 'FAIL'}")
+                    if row is not None:
+                        report.parity.append(row)
+                    log(
+                        f"parity {experiment}/{method}: {'error' if row is None else 'pass' if row.ok else 'FAIL'}"
+                    )
             for experiment, methods in PARITY_CASES:
                 if budget.spent():
                     report.skipped.append(f"pipeline {experiment}/{methods[0]}")
                     continue
-                prow = pipeline_case(
-                    experiment, methods[0], device, data, Path(tmp) / "runs", sizes.parity_overrides
+                prow = _guarded(
+                    f"run_group {experiment}/{methods[0]}",
+                    lambda e=experiment, m=methods[0]: pipeline_case(
+                        e, m, device, data, Path(tmp) / "runs", sizes.parity_overrides
+                    ),
+                    report,
+                    device,
                 )
-                report.pipeline.append(prow)
-                log(f"run_group {experiment}/{methods[0]} on {device}: {'pass' if prow.ok else 'FAIL'}")
+                if prow is not None:
+                    report.pipeline.append(prow)
+                log(
+                    f"run_group {experiment}/{methods[0]}: {'error' if prow is None else 'pass' if prow.ok else 'FAIL'}"
+                )
         builds: list[tuple[str, str, int, Callable[[], Workload]]] = []
         if "mnist" in opts.sections:
             builds += [
@@ -972,9 +1008,16 @@ def _run_sections(opts: Options, device: torch.device, tiny: bool) -> Report:
                 report.skipped.append(f"{name} {method} S={s}")
                 report.throughput.append(ThroughputRow(name, method, s, unit="", note="skipped (budget)"))
                 continue
-            row = measure(build, device, opts.reps, opts.profile)
+            row = _guarded(
+                f"{name} {method} S={s}",
+                lambda b=build: measure(b, device, opts.reps, opts.profile),
+                report,
+                device,
+            )
+            if row is None:
+                row = ThroughputRow(name, method, s, unit="", note="error (see Errors)")
             report.throughput.append(row)
-            log(f"{name} {method} S={s}: {row.rate:,.0f} {row.unit}")
+            log(f"{name} {method} S={s}: {row.rate:,.0f} {row.unit or row.note}")
     report.elapsed_s = budget.elapsed()
     report.markdown = render(report, device, opts)
     return report
@@ -1023,7 +1066,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the check; exit status 1 when a parity or pipeline row fails."""
+    """Run the check; exit status 1 when a parity or pipeline row fails or a case raised."""
     opts = parse_args(argv)
     keep_freed_memory()  # as `lop run` does (lop.allocator)
     report = run_check(opts)
@@ -1031,7 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.out is not None:
         opts.out.parent.mkdir(parents=True, exist_ok=True)
         opts.out.write_text(report.markdown)
-    return 0 if all(r.ok for r in [*report.parity, *report.pipeline]) else 1
+    ok = all(r.ok for r in [*report.parity, *report.pipeline]) and not report.errors
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -213,3 +213,26 @@ def test_goal_extrapolation_uses_the_paper_protocols(gc):
     assert cifar[3] == "no"
     assert got["permuted MNIST 784-2000×3-10"][3] == "no"
     assert not any("cbp" in k for k in got)  # a skipped case gives no goal row
+
+
+def test_a_raising_case_is_reported_and_the_check_goes_on(gc, monkeypatch):
+    calls: list[int] = []
+
+    def out_of_memory(build, device, reps, profile):
+        calls.append(1)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(gc, "measure", out_of_memory)
+    report = gc.run_check(gc.Options(device="cpu", sections=("mnist",)))
+    assert len(calls) == len(gc.TINY.mnist_seeds)  # every case was still tried
+    assert [r.note for r in report.throughput] == ["error (see Errors)"] * len(calls)
+    assert (
+        report.errors[0]
+        == "permuted MNIST bp S=1: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
+    assert "## Errors" in report.markdown
+
+
+def test_profile_summary_without_kernel_events(gc):
+    events = [_ev(gc, "aten::mm", 10, 300.0, 0.0, False), _ev(gc, "cudaLaunchKernel", 10, 50.0, 0.0, False)]
+    assert gc.summarize_profile(events, "cuda", 0.01, 10).startswith("no kernel events recorded")
