@@ -140,3 +140,41 @@ def test_batch_with_different_rates_matches_runs_alone():
 def test_k_max_bounds_replacements_per_step():
     _, _, _, cbp = _setup([0.3], sizes=(6, 10, 3))
     assert cbp.k_max == [min(10, math.floor(0.3 * 10) + 1)]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 2000, 2000), (2, 10, 2000), (2, 7, 300), (2, 64, 128, 3, 3), (3, 50, 200, 16), (1, 2000, 784)],
+)
+def test_sliced_magnitudes_are_bit_identical_to_full_formulas(shape, monkeypatch):
+    """Row means on cache-sized unit slices and column sums through a scratch buffer: same numbers."""
+    import lop.algos.cbp as cbp_mod
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    full_out = w.abs().sum(dim=[1, *range(3, w.dim())])
+    full_in = w.abs().flatten(2).mean(-1)
+    for budget in (1, 2**14, 2**20, 2**30):  # from one 64-unit group per slice to a single slice
+        monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
+        assert torch.equal(cbp_mod.out_magnitude(w, torch.empty(w.numel() + 3)), full_out)
+        assert torch.equal(cbp_mod.in_magnitude(w), full_in)
+    monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", 1)
+    assert len(cbp_mod._unit_slices(w, 2)) == -(-shape[2] // cbp_mod.UNIT_GROUP)
+
+
+def test_sliced_cbp_run_matches_unsliced_run(monkeypatch):
+    """A whole CBP run with forced slicing and scratch buffers equals the plain run."""
+    import lop.algos.cbp as cbp_mod
+
+    x = torch.rand(2, 1, 6, generator=torch.Generator().manual_seed(8))
+    runs = []
+    for budget in (2**30, 1):
+        monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
+        _, net, opt, cbp = _setup(
+            [0.02, 0.05], maturity=5, utility="adaptable_contribution", sizes=(6, 200, 150, 3)
+        )
+        for t in range(60):
+            _train_step(t, net, opt, cbp, x)
+        runs.append((net.weights, cbp.util))
+    for a, b in zip(*[w + u for w, u in runs]):
+        assert torch.equal(a, b)
+    assert sum(int(n.sum()) for n in cbp.n_replaced) > 0

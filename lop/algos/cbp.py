@@ -45,6 +45,72 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
     return h.mean(dim=(1, *range(3, h.dim())))
 
 
+# Per-unit reductions of |w| without a fresh full-size |w| temporary every step (issue #20), each
+# bit-identical to the plain formula:
+# * row means (`in_magnitude`, a reduction over the contiguous inner axis) are computed on slices of
+#   whole units whose |w| fits in CHUNK_BYTES (cache-resident); a row's result does not depend on the
+#   slicing;
+# * column sums (`out_magnitude`, an outer reduction whose summation order torch picks from the layout,
+#   and which slicing the column axis can change) write |w| into a persistent scratch buffer with w's
+#   layout and reduce it with the very same `sum` call.
+# tests/test_cbp.py checks bit-equality with the plain formulas.
+CHUNK_BYTES = 4 * 2**20
+UNIT_GROUP = 64
+
+
+def _unit_slices(t: torch.Tensor, dim: int) -> list[tuple[int, int]]:
+    """Slices ``[j0, j1)`` of axis `dim` of `t`, multiples of UNIT_GROUP units (one slice when small)."""
+    n = t.shape[dim]
+    if not t.is_contiguous():
+        return [(0, n)]
+    per_unit = t.numel() // max(n, 1) * t.element_size()
+    width = (CHUNK_BYTES // max(per_unit, 1)) // UNIT_GROUP * UNIT_GROUP
+    width = max(UNIT_GROUP, width)
+    if width >= n:
+        return [(0, n)]
+    return [(j, min(j + width, n)) for j in range(0, n, width)]
+
+
+def out_magnitude(out_weight: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_k |w_out[k, i]| of every unit: ``[S, m, n, *rest]`` -> ``[S, n]`` (sum over m and rest).
+
+    With a flat `scratch` buffer of at least ``out_weight.numel()`` elements (same dtype and device)
+    and a contiguous `out_weight`, |w_out| is written there instead of into a new tensor.
+    """
+    dims = [1, *range(3, out_weight.dim())]
+    if (
+        scratch is None
+        or not out_weight.is_contiguous()
+        or out_weight.numel() * out_weight.element_size() <= CHUNK_BYTES
+    ):
+        return out_weight.abs().sum(dim=dims)
+    buf = scratch[: out_weight.numel()].view(out_weight.shape)
+    return torch.abs(out_weight, out=buf).sum(dim=dims)
+
+
+def in_magnitude(in_weight: torch.Tensor) -> torch.Tensor:
+    """mean_j |w_in[i, j]| of every unit: ``[S, n, *fan_in]`` -> ``[S, n]``."""
+    slices = _unit_slices(in_weight, 1)
+    if len(slices) == 1:
+        return in_weight.abs().flatten(2).mean(-1)
+    out = in_weight.new_empty(in_weight.shape[0], in_weight.shape[1])
+    for j0, j1 in slices:
+        out[:, j0:j1] = in_weight[:, j0:j1].abs().flatten(2).mean(-1)
+    return out
+
+
+def abs_unit_mean(h: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """mean |h_i − c_i| over batch and positions: h ``[S, B, n, *spatial]``, centre ``[S, n]`` or None.
+
+    One activation-sized temporary (|h| or |h − c| computed in place); activations are not sliced
+    because conv activations are channels-last views whose reduction order slicing would change.
+    """
+    if centre is None:
+        return unit_mean(h.abs())
+    shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
+    return unit_mean((h - centre.view(shape)).abs_())
+
+
 def _expand_idx(idx: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
     """Index ``[S, k]`` expanded to gather/scatter along `dim` of `like` (``[S, ...]``)."""
     shape = [1] * like.dim()
@@ -103,20 +169,22 @@ class ContinualBackprop:
         self.acc = [torch.zeros(s, dtype=torch.float64, device=dev) for _ in self.layers]
         self.n_replaced = [torch.zeros(s, dtype=torch.int64, device=dev) for _ in self.layers]
         self.active = bool((self.rate > 0).any())
+        # |w_out| of the largest layer (see `out_magnitude`); one buffer shared by all layers
+        big = max(self.layers, key=lambda layer: layer.out_weight.numel()).out_weight
+        self._scratch = big.new_empty(big.numel()) if big.numel() * big.element_size() > CHUNK_BYTES else None
 
     # ------------------------------------------------------------------------------------------
     def _instant_utility(self, i: int, layer: UnitLayer, h: torch.Tensor) -> torch.Tensor:
-        out_dims = [1, *range(3, layer.out_weight.dim())]
-        out_mag = layer.out_weight.abs().sum(dim=out_dims)  # [S, n]
+        """y_i of the module docstring, ``[S, n]``, with no full-size temporary (`out_magnitude`)."""
+        out_mag = out_magnitude(layer.out_weight, self._scratch)  # [S, n]
         if self.utility == "contribution":
-            return unit_mean(h.abs()) * out_mag
+            return abs_unit_mean(h).mul_(out_mag)
         age = self.age[i].to(torch.float32)
         d = self.decay.view(-1, 1)
         f_hat = self.mean_act[i] / torch.clamp(1.0 - d**age, min=1e-12)
-        shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
-        centred = unit_mean((h - f_hat.view(shape)).abs())
-        in_mag = layer.in_weight.abs().flatten(2).mean(-1)
-        return centred * out_mag / torch.clamp(in_mag, min=1e-12)
+        centred = abs_unit_mean(h, f_hat)
+        in_mag = in_magnitude(layer.in_weight)
+        return centred.mul_(out_mag).div_(torch.clamp(in_mag, min=1e-12))
 
     @torch.no_grad()
     def step(self, step: int, activations: Sequence[torch.Tensor]) -> None:
