@@ -13,11 +13,12 @@ and unit i (all runs at once):
 * accumulate mode: a per-layer accumulator grows by ρ·(#eligible) each step, and ⌊acc⌋ eligible
   units with the lowest û are replaced (acc −= ⌊acc⌋); probabilistic mode replaces
   ⌊ρ·#eligible⌋ units plus one more with probability frac(ρ·#eligible);
-* replacing unit i: incoming weights redrawn from the layer's initial distribution, incoming bias
-  0, outgoing weights exactly 0 (after the optimiser step, so they stay 0 until the next update),
-  utility, running mean and age 0, optimiser state of those weights reset (optional), BatchNorm
-  of the channel reset to weight 1, bias 0, running mean 0, running var 1; optionally the next
-  layer's bias absorbs the removed unit's mean contribution (f̂_i · Σ w_out[:, i]).
+* replacing unit i (`lop.algos.unit_reset.reset_units`, shared with ReDo): incoming weights redrawn
+  from the layer's initial distribution (stream ``cbp/<layer>/w``), incoming bias 0, outgoing weights
+  exactly 0 (after the optimiser step, so they stay 0 until the next update), optimiser state of
+  those weights reset (optional), BatchNorm of the channel reset to weight 1, bias 0, running mean
+  0, running var 1; utility, running mean and age 0; optionally the next layer's bias absorbs the
+  removed unit's mean contribution (f̂_i · Σ w_out[:, i]).
 
 Replacement is branch-free: at most `k_max` units per layer and step (a static bound from the
 largest replacement rate), selected with `topk` and written with gather/scatter, so there is no
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lop.algos.unit_reset import UnitIndex, expand_idx, reset_units, write_units
 from lop.config import CBPConfig
 from lop.nets.units import UnitLayer
 from lop.optim import BatchedOptimizer
@@ -109,29 +111,6 @@ def abs_unit_mean(h: torch.Tensor, centre: torch.Tensor | None = None) -> torch.
         return unit_mean(h.abs())
     shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
     return unit_mean((h - centre.view(shape)).abs_())
-
-
-def _expand_idx(idx: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
-    """Index ``[S, k]`` expanded to gather/scatter along `dim` of `like` (``[S, ...]``)."""
-    shape = [1] * like.dim()
-    shape[0], shape[dim] = idx.shape[0], idx.shape[1]
-    size = list(like.shape)
-    size[dim] = idx.shape[1]
-    return idx.view(shape).expand(size)
-
-
-def _put(
-    t: torch.Tensor, dim: int, idx: torch.Tensor, valid: torch.Tensor, new: torch.Tensor | float
-) -> None:
-    """t[s, ..., idx[s, j], ...] = new where valid[s, j] (unit axis `dim`), in place."""
-    ie = _expand_idx(idx, t, dim)
-    cur = t.gather(dim, ie)
-    vshape = [1] * t.dim()
-    vshape[0], vshape[dim] = valid.shape
-    v = valid.view(vshape)
-    if not isinstance(new, torch.Tensor):
-        new = torch.full_like(cur, new)
-    t.scatter_(dim, ie, torch.where(v, new.to(t.dtype), cur))
 
 
 class ContinualBackprop:
@@ -235,27 +214,14 @@ class ContinualBackprop:
         if self.bias_correction and layer.out_bias is not None:
             d = self.decay.view(-1, 1)
             f_hat = self.mean_act[i] / torch.clamp(1.0 - d ** self.age[i].to(torch.float32), min=1e-12)
-            w_sel = layer.out_weight.gather(2, _expand_idx(idx, layer.out_weight, 2))  # [S, m, k, ...]
+            w_sel = layer.out_weight.gather(2, expand_idx(idx, layer.out_weight, 2))  # [S, m, k, ...]
             w_sum = w_sel.flatten(3).sum(-1) if w_sel.dim() > 3 else w_sel  # [S, m, k]
             f_sel = f_hat.gather(1, idx) * valid  # [S, k]
             layer.out_bias.add_(torch.bmm(w_sum, f_sel.unsqueeze(-1)).squeeze(-1))
-        _put(layer.in_weight, 1, idx, valid, new)
-        if layer.in_bias is not None:
-            _put(layer.in_bias, 1, idx, valid, 0.0)
-        _put(layer.out_weight, 2, idx, valid, 0.0)
-        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-            if name in layer.bn:
-                _put(layer.bn[name], 1, idx, valid, value)
+        sel = UnitIndex(idx, valid)
+        reset_units(layer, new, sel, self.optimizer if self.reset_optimizer_state else None)
         for t in (self.util[i], self.mean_act[i], self.age[i]):
-            _put(t, 1, idx, valid, 0)
-        if self.reset_optimizer_state and self.optimizer is not None:
-            for view, dim in [(layer.in_weight, 1), (layer.in_bias, 1), (layer.out_weight, 2)] + [
-                (layer.bn[n], 1) for n in ("weight", "bias") if n in layer.bn
-            ]:
-                if view is None:
-                    continue
-                for st in self.optimizer.state_views(view):
-                    _put(st, dim, idx, valid, 0.0)
+            write_units(t, 1, sel, 0)
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
