@@ -9,16 +9,22 @@ and unit i (all runs at once):
     f̂_i the bias-corrected running mean of h_i;
   (means over the mini-batch and, for channels, spatial positions; Σ_k over every next-layer weight
   fed by the unit)
+* `utility="reference_sum"` (what the ResNet-18 reference code ranked by) instead keeps
+  A_i ← A_i + mean|h_i| (never decayed, never reset, also not on replacement) and sets
+  u_i = A_i · mean_k |w_out[k, i]| (current weights), used without bias correction;
 * bias-corrected utility û_i = u_i / (1 − η^age_i); eligible units: age_i > maturity m;
+* `count="all"` (Continual ImageNet reference code): #eligible below is replaced by #units as soon
+  as at least one unit is eligible (and 0 before);
 * accumulate mode: a per-layer accumulator grows by ρ·(#eligible) each step, and ⌊acc⌋ eligible
   units with the lowest û are replaced (acc −= ⌊acc⌋); probabilistic mode replaces
   ⌊ρ·#eligible⌋ units plus one more with probability frac(ρ·#eligible);
 * replacing unit i (`lop.algos.unit_reset.reset_units`, shared with ReDo): incoming weights redrawn
   from the layer's initial distribution (stream ``cbp/<layer>/w``), incoming bias 0, outgoing weights
   exactly 0 (after the optimiser step, so they stay 0 until the next update), optimiser state of
-  those weights reset (optional), BatchNorm of the channel reset to weight 1, bias 0, running mean
-  0, running var 1; utility, running mean and age 0; optionally the next layer's bias absorbs the
-  removed unit's mean contribution (f̂_i · Σ w_out[:, i]).
+  those weights reset (`reset_optimizer_state`; False keeps it, as the reference code did),
+  BatchNorm of the channel reset to weight 1, bias 0, running mean 0, running var 1; utility,
+  running mean and age 0; optionally the next layer's bias absorbs the removed unit's mean
+  contribution (f̂_i · Σ w_out[:, i]).
 
 Replacement is branch-free: at most `k_max` units per layer and step (a static bound from the
 largest replacement rate), selected with `topk` and written with gather/scatter, so there is no
@@ -123,9 +129,9 @@ class ContinualBackprop:
         streams: RunStreams,
         optimizer: BatchedOptimizer | None = None,
     ) -> None:
-        statics = {(c.utility, c.mode, c.reset_optimizer_state, c.bias_correction) for c in configs}
+        statics = {(c.utility, c.mode, c.reset_optimizer_state, c.bias_correction, c.count) for c in configs}
         if len(statics) != 1:
-            raise ValueError("runs of one batch must share CBP utility, mode and flags")
+            raise ValueError("runs of one batch must share CBP utility, mode, count and flags")
         first = configs[0]
         self.layers = list(layers)
         self.streams = streams
@@ -134,6 +140,7 @@ class ContinualBackprop:
         self.mode = first.mode
         self.reset_optimizer_state = first.reset_optimizer_state
         self.bias_correction = first.bias_correction
+        self.count = first.count
         dev = streams.device
         self.rate = torch.tensor([c.replacement_rate for c in configs], dtype=torch.float64, device=dev)
         self.maturity = torch.tensor([c.maturity for c in configs], dtype=torch.int64, device=dev)
@@ -147,6 +154,11 @@ class ContinualBackprop:
         self.age = [torch.zeros(s, layer.n_units, dtype=torch.int64, device=dev) for layer in self.layers]
         self.acc = [torch.zeros(s, dtype=torch.float64, device=dev) for _ in self.layers]
         self.n_replaced = [torch.zeros(s, dtype=torch.int64, device=dev) for _ in self.layers]
+        self.act_sum = (
+            [torch.zeros(s, layer.n_units, device=dev) for layer in self.layers]
+            if self.utility == "reference_sum"
+            else []
+        )
         self.active = bool((self.rate > 0).any())
         # |w_out| of the largest layer (see `out_magnitude`); one buffer shared by all layers
         big = max(self.layers, key=lambda layer: layer.out_weight.numel()).out_weight
@@ -173,7 +185,13 @@ class ContinualBackprop:
             self.age[i].add_(1)
             if self.track_mean:
                 self.mean_act[i].mul_(d).add_((1.0 - d) * unit_mean(h))
-            self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
+            if self.utility == "reference_sum":
+                self.act_sum[i].add_(abs_unit_mean(h))
+                per_unit = layer.out_weight[0, :, 0].numel()  # outgoing weights of one unit
+                out_mean = out_magnitude(layer.out_weight, self._scratch).div_(per_unit)
+                torch.mul(out_mean, self.act_sum[i], out=self.util[i])
+            else:
+                self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
             if self.active:
                 self._replace(i, layer, step)
 
@@ -181,6 +199,8 @@ class ContinualBackprop:
         age = self.age[i]
         eligible = age > self.maturity.view(-1, 1)
         n_elig = eligible.sum(1).to(torch.float64)
+        if self.count == "all":  # ρ·(all units) once any unit is eligible
+            n_elig = torch.where(n_elig > 0, float(layer.n_units), 0.0)
         expected = self.rate * n_elig
         if self.mode == "accumulate":
             self.acc[i].add_(expected)
@@ -195,7 +215,10 @@ class ContinualBackprop:
             return
         k = self.k_max[i]
         d = self.decay.view(-1, 1)
-        u_hat = self.util[i] / torch.clamp(1.0 - d ** age.to(torch.float32), min=1e-12)
+        if self.utility == "reference_sum":
+            u_hat = self.util[i]  # no bias correction: the sum is not a decayed average
+        else:
+            u_hat = self.util[i] / torch.clamp(1.0 - d ** age.to(torch.float32), min=1e-12)
         score = torch.where(eligible, u_hat, torch.full_like(u_hat, math.inf))
         idx = torch.topk(score, k, dim=1, largest=False, sorted=True).indices  # [S, k]
         valid = torch.arange(k, device=idx.device).view(1, -1) < n_rep.view(-1, 1)
@@ -225,13 +248,16 @@ class ContinualBackprop:
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
-        return {
+        state = {
             "util": self.util,
             "mean_act": self.mean_act,
             "age": self.age,
             "acc": self.acc,
             "n_replaced": self.n_replaced,
         }
+        if self.act_sum:
+            state["act_sum"] = self.act_sum
+        return state
 
     def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
         for key, dst in self.state_dict().items():
