@@ -137,15 +137,21 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return obj
 
 
+# Field metadata: a field added after fingerprints were recorded, left out of `to_dict` (and hence of
+# run fingerprints and written configs) while it holds its default, so old runs keep their identity.
+OMIT_IF_DEFAULT = {"omit_if_default": True}
+
+
+def _omitted(obj: Any, f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get("omit_if_default")) and getattr(obj, f.name) == f.default
+
+
 def to_dict(obj: Any) -> Any:
-    """Plain JSON-able data of a config dataclass (tuples become lists). Fields marked
-    ``metadata={"omit_if_default": True}`` (methods added after results were published) are left out
-    while at their default, so adding a method changes no existing run's resolved config or hash."""
+    """Plain JSON-able data of a config dataclass (tuples become lists; `OMIT_IF_DEFAULT` fields left
+    out while at their default)."""
     if dataclasses.is_dataclass(obj):
         return {
-            f.name: to_dict(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)
+            f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not _omitted(obj, f)
         }
     if isinstance(obj, tuple | list):
         return [to_dict(v) for v in obj]
@@ -166,15 +172,24 @@ def check(ok: bool, key: str, message: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class CBPConfig:
-    """Continual backpropagation (PROTOCOLS §6)."""
+    """Continual backpropagation (PROTOCOLS §6); `lop.algos.cbp` documents each option.
+
+    utility: "contribution" and "adaptable_contribution" are the Methods formulas (decayed,
+    bias-corrected, reset on replacement); "reference_sum" is what the ResNet-18 reference code ranked
+    units by: mean |outgoing weight| now × the running sum of mean |activation| (never decayed, never
+    reset). reset_optimizer_state: zero the optimiser state of a replaced unit's weights (False keeps
+    it, as the reference code did). count: "eligible" adds ρ·(#eligible units) per step; "all" adds
+    ρ·(#units) per step as soon as any unit is eligible (the Continual ImageNet reference code).
+    """
 
     replacement_rate: float = 1e-4
     maturity: int = 100
     decay: float = 0.99
-    utility: Literal["contribution", "adaptable_contribution"] = "contribution"
+    utility: Literal["contribution", "adaptable_contribution", "reference_sum"] = "contribution"
     mode: Literal["accumulate", "probabilistic"] = "accumulate"
     reset_optimizer_state: bool = True
     bias_correction: bool = False
+    count: Literal["eligible", "all"] = field(default="eligible", metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -225,7 +240,7 @@ class MethodConfig:
     retrain: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     # methods added through the method layer (lop.algos.methods): optional, omitted from to_dict while unset
-    l2_init: L2InitConfig | None = field(default=None, metadata={"omit_if_default": True})
+    l2_init: L2InitConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (

@@ -13,11 +13,21 @@ from lop.optim import make_optimizer
 from lop.rng import RunStreams
 
 
-def _setup(rates, maturity=20, mode="accumulate", utility="contribution", sizes=(6, 12, 12, 3), momentum=0.9):
+def _setup(
+    rates,
+    maturity=20,
+    mode="accumulate",
+    utility="contribution",
+    sizes=(6, 12, 12, 3),
+    momentum=0.9,
+    **options,
+):
     streams = RunStreams(list(range(len(rates))))
     net = BatchedMLP(list(sizes), "relu", streams)
     opt = make_optimizer(net.parameters(), [MethodConfig(lr=0.01, momentum=momentum)] * len(rates), "cpu")
-    cfgs = [CBPConfig(replacement_rate=r, maturity=maturity, mode=mode, utility=utility) for r in rates]
+    cfgs = [
+        CBPConfig(replacement_rate=r, maturity=maturity, mode=mode, utility=utility, **options) for r in rates
+    ]
     return streams, net, opt, ContinualBackprop(net.unit_layers(), cfgs, streams, opt)
 
 
@@ -140,3 +150,123 @@ def test_batch_with_different_rates_matches_runs_alone():
 def test_k_max_bounds_replacements_per_step():
     _, _, _, cbp = _setup([0.3], sizes=(6, 10, 3))
     assert cbp.k_max == [min(10, math.floor(0.3 * 10) + 1)]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 2000, 2000), (2, 10, 2000), (2, 7, 300), (2, 64, 128, 3, 3), (3, 50, 200, 16), (1, 2000, 784)],
+)
+def test_sliced_magnitudes_are_bit_identical_to_full_formulas(shape, monkeypatch):
+    """Row means on cache-sized unit slices and column sums through a scratch buffer: same numbers."""
+    import lop.algos.cbp as cbp_mod
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    full_out = w.abs().sum(dim=[1, *range(3, w.dim())])
+    full_in = w.abs().flatten(2).mean(-1)
+    for budget in (1, 2**14, 2**20, 2**30):  # from one 64-unit group per slice to a single slice
+        monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
+        assert torch.equal(cbp_mod.out_magnitude(w, torch.empty(w.numel() + 3)), full_out)
+        assert torch.equal(cbp_mod.in_magnitude(w), full_in)
+    monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", 1)
+    assert len(cbp_mod._unit_slices(w, 2)) == -(-shape[2] // cbp_mod.UNIT_GROUP)
+
+
+def test_sliced_cbp_run_matches_unsliced_run(monkeypatch):
+    """A whole CBP run with forced slicing and scratch buffers equals the plain run."""
+    import lop.algos.cbp as cbp_mod
+
+    x = torch.rand(2, 1, 6, generator=torch.Generator().manual_seed(8))
+    runs = []
+    for budget in (2**30, 1):
+        monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
+        _, net, opt, cbp = _setup(
+            [0.02, 0.05], maturity=5, utility="adaptable_contribution", sizes=(6, 200, 150, 3)
+        )
+        for t in range(60):
+            _train_step(t, net, opt, cbp, x)
+        runs.append((net.weights, cbp.util))
+    for a, b in zip(*[w + u for w, u in runs]):
+        assert torch.equal(a, b)
+    assert sum(int(n.sum()) for n in cbp.n_replaced) > 0
+
+
+# ---- options reproducing the reference code of each experiment ---------------------------------------------
+@pytest.mark.parametrize("reset", [True, False])
+def test_reset_optimizer_state_option(reset):
+    """False keeps the momentum of a replaced unit's weights (reference code), True zeroes it."""
+    _, net, opt, cbp = _setup([0.2], maturity=2, reset_optimizer_state=reset)
+    x = torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(9))
+    checked = kept = 0
+    for t in range(40):
+        out, cache = net.forward(x)
+        opt.step(net.backward(cache, out - 1.0))
+        mom = [opt.state_views(w)[0].clone() for w in net.weights]
+        cbp.step(t, cache.post)
+        for i, layer in enumerate(net.unit_layers()):
+            s_idx, u_idx = (cbp.age[i] == 0).nonzero(as_tuple=True)
+            if len(s_idx) == 0:
+                continue
+            now_in = opt.state_views(layer.in_weight)[0][s_idx, u_idx]
+            now_out = opt.state_views(layer.out_weight)[0][s_idx, :, u_idx]
+            if reset:
+                assert torch.all(now_in == 0) and torch.all(now_out == 0)
+            else:
+                assert torch.equal(now_in, mom[i][s_idx, u_idx])
+                kept += int((now_in != 0).sum())
+                assert torch.equal(now_out, mom[i + 1][s_idx, :, u_idx])
+            checked += len(s_idx)
+    assert checked > 5 and (reset or kept > 0)
+
+
+@pytest.mark.parametrize("count", ["eligible", "all"])
+def test_count_option(count):
+    """One eligible unit of 5: "eligible" accumulates ρ·1 per step, "all" ρ·5 (reference ConvGnT)."""
+    _, net, _, cbp = _setup([0.1], maturity=10, sizes=(3, 5, 2), count=count)
+    cbp.age[0].copy_(torch.tensor([[20, 0, 0, 0, 0]]))  # unit 0 mature, the others young
+    x = torch.rand(1, 1, 3, generator=torch.Generator().manual_seed(10))
+    _, cache = net.forward(x)
+    cbp.step(0, cache.post)
+    assert float(cbp.acc[0][0]) == pytest.approx(0.1 if count == "eligible" else 0.5)
+    cbp.age[0].zero_()  # nobody eligible: nothing accumulates in either mode
+    before = float(cbp.acc[0][0])
+    cbp.step(1, cache.post)
+    assert float(cbp.acc[0][0]) == before
+
+
+def test_reference_sum_utility():
+    """u_i = mean|w_out[:, i]| · Σ_t mean|h_i(t)|; the sum survives replacement; ranking by u (no correction)."""
+    _, net, opt, cbp = _setup([1e-9], maturity=3, sizes=(6, 8, 4, 3), utility="reference_sum")
+    gen = torch.Generator().manual_seed(11)
+    total = [torch.zeros(1, 8), torch.zeros(1, 4)]
+    for t in range(5):
+        x = torch.rand(1, 4, 6, generator=gen)
+        cache = _train_step(t, net, opt, cbp, x)
+        for i, h in enumerate(cache.post):
+            total[i] += h.abs().mean(1)
+    for i, layer in enumerate(net.unit_layers()):
+        torch.testing.assert_close(cbp.act_sum[i], total[i])
+        expected = layer.out_weight.abs().mean(1) * total[i]
+        torch.testing.assert_close(cbp.util[i], expected)
+    # force one replacement in layer 0: the lowest u goes, its running sum stays
+    cbp.rate.fill_(1.0 / 8)
+    cbp.acc[0].fill_(0.0)
+    layer0 = net.unit_layers()[0]
+    target = torch.tensor([[5.0, 1.0, 3.0, 0.5, 4.0, 6.0, 7.0, 8.0]]) * 1e6  # u_i after this step ≈ target
+    cbp.act_sum[0].copy_(target / layer0.out_weight.abs().mean(1))
+    lowest = 3
+    kept = cbp.act_sum[0].clone()
+    _, cache = net.forward(torch.rand(1, 4, 6, generator=gen))
+    cbp.step(5, cache.post)
+    assert int(cbp.age[0][0, lowest]) == 0 and int((cbp.age[0] == 0).sum()) == 1
+    assert float(cbp.act_sum[0][0, lowest]) >= float(kept[0, lowest]) > 0
+    assert "act_sum" in cbp.state_dict()
+
+
+def test_new_options_stay_out_of_serialised_config_at_default():
+    """Fingerprints of existing runs must not move: `count` is omitted from to_dict at its default."""
+    from lop.config import from_dict, to_dict
+
+    assert "count" not in to_dict(CBPConfig())
+    assert to_dict(CBPConfig(count="all"))["count"] == "all"
+    assert from_dict(CBPConfig, to_dict(CBPConfig(count="all"))) == CBPConfig(count="all")
+    assert from_dict(CBPConfig, to_dict(CBPConfig())) == CBPConfig()

@@ -9,15 +9,22 @@ and unit i (all runs at once):
     f̂_i the bias-corrected running mean of h_i;
   (means over the mini-batch and, for channels, spatial positions; Σ_k over every next-layer weight
   fed by the unit)
+* `utility="reference_sum"` (what the ResNet-18 reference code ranked by) instead keeps
+  A_i ← A_i + mean|h_i| (never decayed, never reset, also not on replacement) and sets
+  u_i = A_i · mean_k |w_out[k, i]| (current weights), used without bias correction;
 * bias-corrected utility û_i = u_i / (1 − η^age_i); eligible units: age_i > maturity m;
+* `count="all"` (Continual ImageNet reference code): #eligible below is replaced by #units as soon
+  as at least one unit is eligible (and 0 before);
 * accumulate mode: a per-layer accumulator grows by ρ·(#eligible) each step, and ⌊acc⌋ eligible
   units with the lowest û are replaced (acc −= ⌊acc⌋); probabilistic mode replaces
   ⌊ρ·#eligible⌋ units plus one more with probability frac(ρ·#eligible);
-* replacing unit i: incoming weights redrawn from the layer's initial distribution, incoming bias
-  0, outgoing weights exactly 0 (after the optimiser step, so they stay 0 until the next update),
-  utility, running mean and age 0, optimiser state of those weights reset (optional), BatchNorm
-  of the channel reset to weight 1, bias 0, running mean 0, running var 1; optionally the next
-  layer's bias absorbs the removed unit's mean contribution (f̂_i · Σ w_out[:, i]).
+* replacing unit i (`lop.algos.unit_reset.reset_units`, shared with ReDo): incoming weights redrawn
+  from the layer's initial distribution (stream ``cbp/<layer>/w``), incoming bias 0, outgoing weights
+  exactly 0 (after the optimiser step, so they stay 0 until the next update), optimiser state of
+  those weights reset (`reset_optimizer_state`; False keeps it, as the reference code did),
+  BatchNorm of the channel reset to weight 1, bias 0, running mean 0, running var 1; utility,
+  running mean and age 0; optionally the next layer's bias absorbs the removed unit's mean
+  contribution (f̂_i · Σ w_out[:, i]).
 
 Replacement is branch-free: at most `k_max` units per layer and step (a static bound from the
 largest replacement rate), selected with `topk` and written with gather/scatter, so there is no
@@ -32,6 +39,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lop.algos.unit_reset import UnitIndex, expand_idx, reset_units, write_units
 from lop.config import CBPConfig
 from lop.nets.units import UnitLayer
 from lop.optim import BatchedOptimizer
@@ -45,27 +53,70 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
     return h.mean(dim=(1, *range(3, h.dim())))
 
 
-def _expand_idx(idx: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
-    """Index ``[S, k]`` expanded to gather/scatter along `dim` of `like` (``[S, ...]``)."""
-    shape = [1] * like.dim()
-    shape[0], shape[dim] = idx.shape[0], idx.shape[1]
-    size = list(like.shape)
-    size[dim] = idx.shape[1]
-    return idx.view(shape).expand(size)
+# Per-unit reductions of |w| without a fresh full-size |w| temporary every step (issue #20), each
+# bit-identical to the plain formula:
+# * row means (`in_magnitude`, a reduction over the contiguous inner axis) are computed on slices of
+#   whole units whose |w| fits in CHUNK_BYTES (cache-resident); a row's result does not depend on the
+#   slicing;
+# * column sums (`out_magnitude`, an outer reduction whose summation order torch picks from the layout,
+#   and which slicing the column axis can change) write |w| into a persistent scratch buffer with w's
+#   layout and reduce it with the very same `sum` call.
+# tests/test_cbp.py checks bit-equality with the plain formulas.
+CHUNK_BYTES = 4 * 2**20
+UNIT_GROUP = 64
 
 
-def _put(
-    t: torch.Tensor, dim: int, idx: torch.Tensor, valid: torch.Tensor, new: torch.Tensor | float
-) -> None:
-    """t[s, ..., idx[s, j], ...] = new where valid[s, j] (unit axis `dim`), in place."""
-    ie = _expand_idx(idx, t, dim)
-    cur = t.gather(dim, ie)
-    vshape = [1] * t.dim()
-    vshape[0], vshape[dim] = valid.shape
-    v = valid.view(vshape)
-    if not isinstance(new, torch.Tensor):
-        new = torch.full_like(cur, new)
-    t.scatter_(dim, ie, torch.where(v, new.to(t.dtype), cur))
+def _unit_slices(t: torch.Tensor, dim: int) -> list[tuple[int, int]]:
+    """Slices ``[j0, j1)`` of axis `dim` of `t`, multiples of UNIT_GROUP units (one slice when small)."""
+    n = t.shape[dim]
+    if not t.is_contiguous():
+        return [(0, n)]
+    per_unit = t.numel() // max(n, 1) * t.element_size()
+    width = (CHUNK_BYTES // max(per_unit, 1)) // UNIT_GROUP * UNIT_GROUP
+    width = max(UNIT_GROUP, width)
+    if width >= n:
+        return [(0, n)]
+    return [(j, min(j + width, n)) for j in range(0, n, width)]
+
+
+def out_magnitude(out_weight: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_k |w_out[k, i]| of every unit: ``[S, m, n, *rest]`` -> ``[S, n]`` (sum over m and rest).
+
+    With a flat `scratch` buffer of at least ``out_weight.numel()`` elements (same dtype and device)
+    and a contiguous `out_weight`, |w_out| is written there instead of into a new tensor.
+    """
+    dims = [1, *range(3, out_weight.dim())]
+    if (
+        scratch is None
+        or not out_weight.is_contiguous()
+        or out_weight.numel() * out_weight.element_size() <= CHUNK_BYTES
+    ):
+        return out_weight.abs().sum(dim=dims)
+    buf = scratch[: out_weight.numel()].view(out_weight.shape)
+    return torch.abs(out_weight, out=buf).sum(dim=dims)
+
+
+def in_magnitude(in_weight: torch.Tensor) -> torch.Tensor:
+    """mean_j |w_in[i, j]| of every unit: ``[S, n, *fan_in]`` -> ``[S, n]``."""
+    slices = _unit_slices(in_weight, 1)
+    if len(slices) == 1:
+        return in_weight.abs().flatten(2).mean(-1)
+    out = in_weight.new_empty(in_weight.shape[0], in_weight.shape[1])
+    for j0, j1 in slices:
+        out[:, j0:j1] = in_weight[:, j0:j1].abs().flatten(2).mean(-1)
+    return out
+
+
+def abs_unit_mean(h: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
+    """mean |h_i − c_i| over batch and positions: h ``[S, B, n, *spatial]``, centre ``[S, n]`` or None.
+
+    One activation-sized temporary (|h| or |h − c| computed in place); activations are not sliced
+    because conv activations are channels-last views whose reduction order slicing would change.
+    """
+    if centre is None:
+        return unit_mean(h.abs())
+    shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
+    return unit_mean((h - centre.view(shape)).abs_())
 
 
 class ContinualBackprop:
@@ -78,9 +129,9 @@ class ContinualBackprop:
         streams: RunStreams,
         optimizer: BatchedOptimizer | None = None,
     ) -> None:
-        statics = {(c.utility, c.mode, c.reset_optimizer_state, c.bias_correction) for c in configs}
+        statics = {(c.utility, c.mode, c.reset_optimizer_state, c.bias_correction, c.count) for c in configs}
         if len(statics) != 1:
-            raise ValueError("runs of one batch must share CBP utility, mode and flags")
+            raise ValueError("runs of one batch must share CBP utility, mode, count and flags")
         first = configs[0]
         self.layers = list(layers)
         self.streams = streams
@@ -89,6 +140,7 @@ class ContinualBackprop:
         self.mode = first.mode
         self.reset_optimizer_state = first.reset_optimizer_state
         self.bias_correction = first.bias_correction
+        self.count = first.count
         dev = streams.device
         self.rate = torch.tensor([c.replacement_rate for c in configs], dtype=torch.float64, device=dev)
         self.maturity = torch.tensor([c.maturity for c in configs], dtype=torch.int64, device=dev)
@@ -102,21 +154,28 @@ class ContinualBackprop:
         self.age = [torch.zeros(s, layer.n_units, dtype=torch.int64, device=dev) for layer in self.layers]
         self.acc = [torch.zeros(s, dtype=torch.float64, device=dev) for _ in self.layers]
         self.n_replaced = [torch.zeros(s, dtype=torch.int64, device=dev) for _ in self.layers]
+        self.act_sum = (
+            [torch.zeros(s, layer.n_units, device=dev) for layer in self.layers]
+            if self.utility == "reference_sum"
+            else []
+        )
         self.active = bool((self.rate > 0).any())
+        # |w_out| of the largest layer (see `out_magnitude`); one buffer shared by all layers
+        big = max(self.layers, key=lambda layer: layer.out_weight.numel()).out_weight
+        self._scratch = big.new_empty(big.numel()) if big.numel() * big.element_size() > CHUNK_BYTES else None
 
     # ------------------------------------------------------------------------------------------
     def _instant_utility(self, i: int, layer: UnitLayer, h: torch.Tensor) -> torch.Tensor:
-        out_dims = [1, *range(3, layer.out_weight.dim())]
-        out_mag = layer.out_weight.abs().sum(dim=out_dims)  # [S, n]
+        """y_i of the module docstring, ``[S, n]``, with no full-size temporary (`out_magnitude`)."""
+        out_mag = out_magnitude(layer.out_weight, self._scratch)  # [S, n]
         if self.utility == "contribution":
-            return unit_mean(h.abs()) * out_mag
+            return abs_unit_mean(h).mul_(out_mag)
         age = self.age[i].to(torch.float32)
         d = self.decay.view(-1, 1)
         f_hat = self.mean_act[i] / torch.clamp(1.0 - d**age, min=1e-12)
-        shape = [h.shape[0], 1, h.shape[2]] + [1] * (h.dim() - 3)
-        centred = unit_mean((h - f_hat.view(shape)).abs())
-        in_mag = layer.in_weight.abs().flatten(2).mean(-1)
-        return centred * out_mag / torch.clamp(in_mag, min=1e-12)
+        centred = abs_unit_mean(h, f_hat)
+        in_mag = in_magnitude(layer.in_weight)
+        return centred.mul_(out_mag).div_(torch.clamp(in_mag, min=1e-12))
 
     @torch.no_grad()
     def step(self, step: int, activations: Sequence[torch.Tensor]) -> None:
@@ -126,7 +185,13 @@ class ContinualBackprop:
             self.age[i].add_(1)
             if self.track_mean:
                 self.mean_act[i].mul_(d).add_((1.0 - d) * unit_mean(h))
-            self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
+            if self.utility == "reference_sum":
+                self.act_sum[i].add_(abs_unit_mean(h))
+                per_unit = layer.out_weight[0, :, 0].numel()  # outgoing weights of one unit
+                out_mean = out_magnitude(layer.out_weight, self._scratch).div_(per_unit)
+                torch.mul(out_mean, self.act_sum[i], out=self.util[i])
+            else:
+                self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
             if self.active:
                 self._replace(i, layer, step)
 
@@ -134,6 +199,8 @@ class ContinualBackprop:
         age = self.age[i]
         eligible = age > self.maturity.view(-1, 1)
         n_elig = eligible.sum(1).to(torch.float64)
+        if self.count == "all":  # ρ·(all units) once any unit is eligible
+            n_elig = torch.where(n_elig > 0, float(layer.n_units), 0.0)
         expected = self.rate * n_elig
         if self.mode == "accumulate":
             self.acc[i].add_(expected)
@@ -148,7 +215,10 @@ class ContinualBackprop:
             return
         k = self.k_max[i]
         d = self.decay.view(-1, 1)
-        u_hat = self.util[i] / torch.clamp(1.0 - d ** age.to(torch.float32), min=1e-12)
+        if self.utility == "reference_sum":
+            u_hat = self.util[i]  # no bias correction: the sum is not a decayed average
+        else:
+            u_hat = self.util[i] / torch.clamp(1.0 - d ** age.to(torch.float32), min=1e-12)
         score = torch.where(eligible, u_hat, torch.full_like(u_hat, math.inf))
         idx = torch.topk(score, k, dim=1, largest=False, sorted=True).indices  # [S, k]
         valid = torch.arange(k, device=idx.device).view(1, -1) < n_rep.view(-1, 1)
@@ -167,37 +237,27 @@ class ContinualBackprop:
         if self.bias_correction and layer.out_bias is not None:
             d = self.decay.view(-1, 1)
             f_hat = self.mean_act[i] / torch.clamp(1.0 - d ** self.age[i].to(torch.float32), min=1e-12)
-            w_sel = layer.out_weight.gather(2, _expand_idx(idx, layer.out_weight, 2))  # [S, m, k, ...]
+            w_sel = layer.out_weight.gather(2, expand_idx(idx, layer.out_weight, 2))  # [S, m, k, ...]
             w_sum = w_sel.flatten(3).sum(-1) if w_sel.dim() > 3 else w_sel  # [S, m, k]
             f_sel = f_hat.gather(1, idx) * valid  # [S, k]
             layer.out_bias.add_(torch.bmm(w_sum, f_sel.unsqueeze(-1)).squeeze(-1))
-        _put(layer.in_weight, 1, idx, valid, new)
-        if layer.in_bias is not None:
-            _put(layer.in_bias, 1, idx, valid, 0.0)
-        _put(layer.out_weight, 2, idx, valid, 0.0)
-        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-            if name in layer.bn:
-                _put(layer.bn[name], 1, idx, valid, value)
+        sel = UnitIndex(idx, valid)
+        reset_units(layer, new, sel, self.optimizer if self.reset_optimizer_state else None)
         for t in (self.util[i], self.mean_act[i], self.age[i]):
-            _put(t, 1, idx, valid, 0)
-        if self.reset_optimizer_state and self.optimizer is not None:
-            for view, dim in [(layer.in_weight, 1), (layer.in_bias, 1), (layer.out_weight, 2)] + [
-                (layer.bn[n], 1) for n in ("weight", "bias") if n in layer.bn
-            ]:
-                if view is None:
-                    continue
-                for st in self.optimizer.state_views(view):
-                    _put(st, dim, idx, valid, 0.0)
+            write_units(t, 1, sel, 0)
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
-        return {
+        state = {
             "util": self.util,
             "mean_act": self.mean_act,
             "age": self.age,
             "acc": self.acc,
             "n_replaced": self.n_replaced,
         }
+        if self.act_sum:
+            state["act_sum"] = self.act_sum
+        return state
 
     def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
         for key, dst in self.state_dict().items():

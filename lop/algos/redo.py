@@ -4,7 +4,8 @@ At a reset point, for each hidden layer and unit i of every run:
 
 * score s_i = mean|h_i| / (mean over the layer's units of mean|h|), means over the probe batch (and
   spatial positions for channels) — `lop.metrics.redo_scores`;
-* a unit with s_i <= τ (the threshold, 0.1 in PROTOCOLS §5) is *ReDo-dormant* and is reset:
+* a unit with s_i <= τ (the threshold, 0.1 in PROTOCOLS §5) is *ReDo-dormant* and is reset
+  (`lop.algos.unit_reset.reset_units`, shared with CBP):
   incoming weights redrawn from the layer's initial distribution, incoming bias 0, outgoing weights
   exactly 0 (so the network's output is unchanged), BatchNorm of the channel reset to 1, 0, 0, 1,
   and the optimiser state of all those weights zeroed (``optimizer.state_views``).
@@ -20,18 +21,12 @@ from collections.abc import Sequence
 
 import torch
 
+from lop.algos.unit_reset import reset_units
 from lop.config import ReDoConfig
 from lop.metrics import redo_scores
 from lop.nets.units import UnitLayer
 from lop.optim import BatchedOptimizer
 from lop.rng import RunStreams
-
-
-def _unit_mask(mask: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[S, n]`` unit mask reshaped to broadcast over `like` with the unit axis at `dim`."""
-    shape = [1] * like.dim()
-    shape[0], shape[dim] = mask.shape
-    return mask.view(shape)
 
 
 class ReDo:
@@ -85,22 +80,7 @@ class ReDo:
             new = self.streams.uniform(stream, t, shape, -scale, scale, dtype=dtype)
         else:
             new = self.streams.normal(stream, t, shape, scale, dtype=dtype)
-        m_in = _unit_mask(mask, layer.in_weight, 1)
-        layer.in_weight.copy_(torch.where(m_in, new, layer.in_weight))
-        targets: list[tuple[torch.Tensor, int]] = [(layer.in_weight, 1), (layer.out_weight, 2)]
-        if layer.in_bias is not None:
-            layer.in_bias.masked_fill_(mask, 0.0)
-            targets.append((layer.in_bias, 1))
-        layer.out_weight.masked_fill_(_unit_mask(mask, layer.out_weight, 2), 0.0)
-        for name, value in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-            if name in layer.bn:
-                layer.bn[name].masked_fill_(mask, value)
-                if name in ("weight", "bias"):
-                    targets.append((layer.bn[name], 1))
-        if self.optimizer is not None:
-            for view, dim in targets:
-                for st in self.optimizer.state_views(view):
-                    st.masked_fill_(_unit_mask(mask, st, dim), 0.0)
+        reset_units(layer, new, mask, self.optimizer)
 
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
         return {"n_reset": self.n_reset}
