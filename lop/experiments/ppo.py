@@ -60,7 +60,7 @@ class PPOProblem:
     friction_low: float = 0.02
     friction_high: float = 2.0
     change_every: int = 2_000_000
-    friction_mix: Literal["max", "floor"] = "max"
+    friction_mix: Literal["all", "floor", "max"] = "all"
     clip_actions: bool = False
     sim_kwargs: dict[str, Any] = field(default_factory=dict)
     total_steps: int = 50_000_000
