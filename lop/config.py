@@ -137,10 +137,27 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return obj
 
 
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def optional_field(default: Any) -> Any:
+    """A config field that `to_dict` leaves out while it holds its default.
+
+    For options added after job fingerprints were recorded: at the default they leave a job's resolved
+    config (and so its fingerprint and run.json) unchanged; `from_dict` restores the default.
+    """
+    return field(default=default, metadata={OMIT_AT_DEFAULT: True})
+
+
 def to_dict(obj: Any) -> Any:
-    """Plain JSON-able data of a config dataclass (tuples become lists)."""
+    """Plain JSON-able data of a config dataclass (tuples become lists); `optional_field` fields at their
+    default are left out."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(obj, f.name) == f.default)
+        }
     if isinstance(obj, tuple | list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -21,7 +21,7 @@ import torch
 
 from lop import metrics
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check
+from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.nets.mlp import BatchedMLP
 from lop.rng import RunStreams
@@ -40,6 +40,8 @@ class PermutedMNISTProblem:
     depth: int = 3
     activation: Literal["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "selu"] = "relu"
     init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
+    output_gain: Literal["activation", "linear"] = optional_field("activation")
     unit_examples: int = 10_000  # checkpoint granularity; must divide examples_per_task
     chunk: int = 1_000  # examples gathered at once (memory/speed trade-off only)
     probe_examples: int = 2000
@@ -116,7 +118,9 @@ class PermutedMNISTTrainer(Trainer):
         self.n_units = problem.n_tasks * self.units_per_task
         arch = runs[0].config.arch
         sizes = [self.dim, 10] if arch == "linear" else [self.dim] + [problem.width] * problem.depth + [10]
-        self.net = BatchedMLP(sizes, problem.activation, self.streams, init=problem.init)
+        self.net = BatchedMLP(
+            sizes, problem.activation, self.streams, init=problem.init, output_gain=problem.output_gain
+        )
         self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, "cross_entropy")
         s = self.streams.n
         self.correct = torch.zeros(s, device=device)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check
+from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.nets.mlp import BatchedMLP
 from lop.problems.scr import LTUTarget, SlowlyChangingInputs
@@ -32,6 +32,8 @@ class SCRProblem:
     hidden: int = 5
     activation: Activation = "relu"
     init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
+    output_gain: Literal["activation", "linear"] = optional_field("activation")
     bin_size: int = 20_000
     chunk: int = 10_000
 
@@ -62,7 +64,9 @@ class SCRTrainer(Trainer):
         arch = runs[0].config.arch
         sizes = [m, 1] if arch == "linear" else [m, problem.hidden, 1]
         activation = "linear" if arch == "linear" else problem.activation
-        self.net = BatchedMLP(sizes, activation, self.streams, init=problem.init)
+        self.net = BatchedMLP(
+            sizes, activation, self.streams, init=problem.init, output_gain=problem.output_gain
+        )
         self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, loss="mse")
         self.target = LTUTarget(self.streams, m, problem.target_hidden, problem.beta)
         self.inputs = SlowlyChangingInputs(
