@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 
 from lop import metrics
-from lop.config import check
+from lop.config import check, optional_field
 from lop.envs import BatchedEnvs, EnvConfig
 from lop.errors import ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
@@ -50,7 +50,9 @@ class PPOProblem:
     Environment (`lop.envs.EnvConfig`): ``env``, ``max_episode_steps``, ``friction_low``/``high``,
     ``change_every``, ``friction_mix``, ``clip_actions``, ``sim_kwargs``. PPO: ``total_steps`` per run
     (the last update may overshoot: ⌈total/rollout⌉ updates), ``rollout``, ``epochs``, ``minibatch``
-    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``. Agent: ``hidden`` sizes,
+    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``, ``truncation_as_terminal``
+    (GAE at a time-limit end: False bootstraps from V(final observation), True treats it as terminal
+    as the reference code did). Agent: ``hidden`` sizes,
     ``log_std_init``. Internals: every ``internals_every`` updates on the last ``probe_steps`` steps,
     dormant = active on ≤ ``dormant_threshold`` of them, rank threshold ``rank_threshold``.
     """
@@ -71,6 +73,8 @@ class PPOProblem:
     lam: float = 0.95
     clip: float = 0.2
     value_coef: float = 1.0
+    # time-limit truncation in GAE: bootstrap (default) or terminal, as the reference (`PPOSettings`)
+    truncation_as_terminal: bool = optional_field(False)
     hidden: tuple[int, ...] = (256, 256)
     log_std_init: float = 0.0
     internals_every: int = 10
