@@ -51,3 +51,57 @@ def test_truncation_option_reaches_the_learner_and_leaves_default_configs_alone(
     assert p.ppo_settings().truncation_as_terminal is True
     assert to_dict(p)["truncation_as_terminal"] is True
     assert dataclasses.replace(p, truncation_as_terminal=False) == AntProblem()
+
+
+# ---- CIFAR: test accuracy on augmented test images, beside the clean one ----------------------------------
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    from lop.data.cifar100 import prepare_cifar100
+    from lop.data.standins import write_standin
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_standin("cifar100", root / "raw", size="small")
+    return prepare_cifar100(root / "raw", root / "prepared")
+
+
+def _cifar_metrics(cifar_dir, augmented_test: bool):
+    from lop.experiments.base import RunSpec
+    from lop.experiments.incremental_cifar import IncrementalCifarProblem, IncrementalCifarTrainer
+
+    problem = IncrementalCifarProblem(
+        data_dir=str(cifar_dir), n_classes=6, classes_start=2, classes_per_increment=2, n_increments=2,
+        epochs_per_increment=3, lr_milestones=(1, 2), lr_factors=(0.2, 0.04), batch_size=6,
+        train_per_class=3, val_per_class=2, test_per_class=5, image_size=8, width=4, probe_images=8,
+        eval_batch=7, augmented_test=augmented_test,
+    )  # fmt: skip
+    cfg = MethodConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    runs = [RunSpec("m", "d", {}, cfg, s) for s in (0, 1)]
+    trainer = IncrementalCifarTrainer(problem, runs, torch.device("cpu"))
+    out: dict[str, list[torch.Tensor]] = {}
+    recomputed = []
+    for unit in range(problem.n_epochs):
+        for block in trainer.train_unit(unit):
+            out.setdefault(block.name, []).append(block.values[:, 0].clone())
+        if augmented_test and unit == 1:  # not an increment end: the parameters that were evaluated
+            recomputed.append(trainer.evaluate(trainer.data.test, 2, augment_epoch=unit))
+    return out, recomputed, trainer
+
+
+def test_augmented_test_accuracy_is_recorded_beside_the_clean_one(cifar_dir) -> None:
+    plain, _, _ = _cifar_metrics(cifar_dir, False)
+    aug, recomputed, trainer = _cifar_metrics(cifar_dir, True)
+    new = {"test_accuracy_augmented", "test_accuracy_augmented/max", "test_accuracy_augmented/final"}
+    assert set(aug) - set(plain) == new
+    assert not any(name.startswith("test_accuracy_augmented") for name in plain)
+    # evaluation on augmented images changes nothing else: every other metric is bit-identical
+    for name, values in plain.items():
+        assert all(torch.equal(a, b) for a, b in zip(values, aug[name], strict=True)), name
+    per_epoch = torch.stack(aug["test_accuracy_augmented"])  # [epochs, S]
+    assert torch.equal(per_epoch[1], recomputed[0])  # deterministic draws, logged as evaluated
+    maxes = torch.stack(aug["test_accuracy_augmented/max"])  # [increments, S]
+    assert torch.equal(maxes, per_epoch.view(2, 3, 2).amax(1))
+    # the augmented images really differ from the clean ones (flip, crop, rotation)
+    x = trainer.data.test[:2, :3].flatten(0, 1).unsqueeze(0).expand(2, -1, -1, -1, -1)
+    assert not torch.equal(trainer._augmented_test_images(x, 5), trainer._clean_images(x))
+    assert torch.equal(trainer._augmented_test_images(x, 5), trainer._augmented_test_images(x, 5))
+    assert "augmented_test" not in to_dict(type(trainer.p)())
