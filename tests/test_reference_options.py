@@ -105,3 +105,66 @@ def test_augmented_test_accuracy_is_recorded_beside_the_clean_one(cifar_dir) -> 
     assert not torch.equal(trainer._augmented_test_images(x, 5), trainer._clean_images(x))
     assert torch.equal(trainer._augmented_test_images(x, 5), trainer._augmented_test_images(x, 5))
     assert "augmented_test" not in to_dict(type(trainer.p)())
+
+
+# ---- permuted MNIST: internals as the reference plotted them ----------------------------------------------
+def _digits_trainer(**kw):
+    from lop.experiments.base import RunSpec
+    from lop.experiments.permuted_mnist import PermutedMNISTProblem, PermutedMNISTTrainer
+
+    problem = PermutedMNISTProblem(
+        dataset="digits", n_tasks=2, examples_per_task=120, unit_examples=60, chunk=30, width=24,
+        depth=2, probe_examples=100, **kw,
+    )  # fmt: skip
+    cfg = MethodConfig(optimizer="sgd", lr=0.05)
+    runs = [RunSpec("m", "d", {}, cfg, s) for s in (0, 1)]
+    return PermutedMNISTTrainer(problem, runs, torch.device("cpu"))
+
+
+def _collect(trainer) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {}
+    for unit in range(trainer.n_units):
+        for block in trainer.train_unit(unit):
+            out.setdefault(block.name, []).append(block.values[:, 0])
+    return {k: torch.stack(v, 1) for k, v in out.items()}  # [S, K]
+
+
+def test_task_mean_weight_magnitude_averages_dense_samples() -> None:
+    """k = 1: the mean over the task's steps of mean |w| after each update, recomputed by wrapping the
+    learner's step; k = steps per task: one sample, the weights the next task's probe sees."""
+    from lop import metrics
+
+    trainer = _digits_trainer(weight_magnitude_every=1)
+    seen: list[torch.Tensor] = []
+    step = trainer.learner.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(metrics.weight_magnitude(trainer.net.weights))
+        return out
+
+    trainer.learner.step = recording_step  # type: ignore[method-assign]
+    got = _collect(trainer)["weight_magnitude_task_mean"]  # [S, 2 tasks]
+    per_step = torch.stack(seen, 1)  # [S, 240]
+    expected = per_step.view(2, 2, 120).mean(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert not torch.equal(got[:, 0], per_step[:, 0])  # a true average, not one snapshot
+
+    sparse = _collect(_digits_trainer(weight_magnitude_every=120))
+    assert torch.equal(sparse["weight_magnitude_task_mean"][:, 0], sparse["weight_magnitude"][:, 1])
+    assert "weight_magnitude_task_mean" not in _collect(_digits_trainer())
+
+
+def test_reference_internals_fraction_of_width_and_pooled_dead_units() -> None:
+    m = _collect(_digits_trainer(reference_internals=True))
+    for layer in (1, 2):
+        torch.testing.assert_close(
+            m[f"effective_rank_fraction/layer{layer}"], m[f"effective_rank/layer{layer}"].double() / 24
+        )
+    pooled = (m["dead_units/layer1"] * 24 + m["dead_units/layer2"] * 24) / 48
+    torch.testing.assert_close(m["dead_units_pooled"], pooled.double())
+    plain = _collect(_digits_trainer())
+    new = {"effective_rank_fraction/layer1", "effective_rank_fraction/layer2", "dead_units_pooled"}
+    assert set(m) - set(plain) == new
+    for name, v in plain.items():  # nothing else changes
+        assert torch.equal(v, m[name]), name

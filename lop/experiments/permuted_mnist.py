@@ -6,6 +6,19 @@ on each example *before* the update on it, averaged per task. At the start of ev
 `probe_examples` examples (the first of the task's order, permuted) measures the internals of each
 hidden layer: dead units, effective rank, approximate rank, and the weight magnitude.
 
+Internals as the reference plotted them (Extended Data Figs. 3–4), under their own names:
+
+* ``weight_magnitude_every: k > 0`` logs ``weight_magnitude_task_mean`` per task (step = task): the mean
+  over the task of mean |w| (all weights, as ``weight_magnitude``), sampled after the update on every
+  k-th example of the task (examples k, 2k, …): (1/N) Σ_{j=1..N} mean|w|(after step jk), N = ⌊steps/k⌋.
+  k = 1 is every step, the reference's average; mean |w| moves by at most the step size times the mean
+  |gradient| per step, so k = 100 (600 samples per 60,000-step task) differs from k = 1 by far less than
+  the curves' seed-to-seed spread at a hundredth of the cost.
+* ``reference_internals: true`` logs at every probe ``effective_rank_fraction/layer{l}`` (effective rank
+  / the layer's width; the figures show it in % of width) and ``dead_units_pooled`` (dead units of all
+  hidden layers / all hidden units: Σ_l dead_l / Σ_l width_l, the reference's pooling; equal to the mean
+  of ``dead_units/layer*`` because every hidden layer here has the same width).
+
 `dataset: digits` swaps MNIST for scikit-learn's embedded 8×8 digits (64 inputs, 1,797 examples): the
 offline "permuted digits" variant used by the demo scale; such runs are recorded as ``stand_in: true``
 in ``run.json``, like runs on a prepared MNIST stand-in (real MNIST IDX files give ``false``).
@@ -13,6 +26,7 @@ in ``run.json``, like runs on a prepared MNIST stand-in (real MNIST IDX files gi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +60,10 @@ class PermutedMNISTProblem:
     chunk: int = 1_000  # examples gathered at once (memory/speed trade-off only)
     probe_examples: int = 2000
     probe_every: int = 1  # tasks between probes (0 = never)
+    # task-average weight magnitude sampled every k examples (0 = off); see the module docstring
+    weight_magnitude_every: int = optional_field(0)
+    # also log effective rank as a fraction of width and dead units pooled over layers
+    reference_internals: bool = optional_field(False)
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -56,6 +74,7 @@ class PermutedMNISTProblem:
             + check(self.unit_examples > 0, "unit_examples", "must be > 0")
             + check(self.chunk > 0, "chunk", "must be > 0")
             + check(self.probe_examples > 0 and self.probe_every >= 0, "probe_examples", "must be > 0")
+            + check(self.weight_magnitude_every >= 0, "weight_magnitude_every", "must be >= 0 (0 = off)")
         )
 
 
@@ -126,6 +145,9 @@ class PermutedMNISTTrainer(Trainer):
         self.correct = torch.zeros(s, device=device)
         self.loss_sum = torch.zeros(s, device=device)
         self.diverged = torch.full((s,), -1, dtype=torch.int64, device=device)
+        # running sum and count of the task's mean-|w| samples (`weight_magnitude_every`)
+        self.wm_sum = torch.zeros(s, dtype=torch.float64, device=device)
+        self.wm_count = torch.zeros((), dtype=torch.int64)
         self._task_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ---- the stream ----------------------------------------------------------------------------
@@ -157,11 +179,14 @@ class PermutedMNISTTrainer(Trainer):
         if part == 0:
             self.correct.zero_()
             self.loss_sum.zero_()
+            self.wm_sum.zero_()
+            self.wm_count.zero_()
             if p.probe_every and task % p.probe_every == 0:
                 blocks += self.probe(task)
         t_task0 = task * self.per_task
         start = part * self.unit_examples
         end = start + self.unit_examples
+        every = p.weight_magnitude_every
         for c0 in range(start, end, p.chunk):
             size = min(p.chunk, end - c0)
             x, y = self.examples(task, c0, size)
@@ -172,11 +197,18 @@ class PermutedMNISTTrainer(Trainer):
                 loss, out = self.learner.step(t_task0 + c0 + j, xs[j], ys[j])
                 self.correct += out[:, 0].argmax(-1) == ys[j, :, 0]
                 self.loss_sum += loss[:, 0]
+                if every and (c0 + j + 1) % every == 0:
+                    self.wm_sum += metrics.weight_magnitude(self.net.weights)
+                    self.wm_count += 1
         self._track_divergence(t_task0 + end)
         if part == self.units_per_task - 1:
             steps = torch.tensor([task], dtype=torch.int64)
             blocks.append(MetricBlock("online_accuracy", steps, (self.correct / self.per_task).unsqueeze(1)))
             blocks.append(MetricBlock("loss", steps, (self.loss_sum / self.per_task).unsqueeze(1)))
+            if every:
+                n = int(self.wm_count)
+                mean_wm = self.wm_sum / n if n else torch.full_like(self.wm_sum, math.nan)
+                blocks.append(MetricBlock("weight_magnitude_task_mean", steps, mean_wm.unsqueeze(1)))
         return blocks
 
     def _track_divergence(self, step: int) -> None:
@@ -193,11 +225,19 @@ class PermutedMNISTTrainer(Trainer):
         out = [
             MetricBlock("weight_magnitude", steps, metrics.weight_magnitude(self.net.weights).unsqueeze(1))
         ]
+        dead = torch.zeros(self.streams.n, dtype=torch.float64, device=self.device)
         for layer, h in enumerate(cache.post, start=1):
             ranks = metrics.rank_metrics(h)
             out.append(MetricBlock(f"dead_units/layer{layer}", steps, metrics.dead_units(h).unsqueeze(1)))
             for name in ("effective_rank", "approximate_rank"):
                 out.append(MetricBlock(f"{name}/layer{layer}", steps, ranks[name].unsqueeze(1)))
+            if self.p.reference_internals:
+                frac = ranks["effective_rank"].to(torch.float64) / h.shape[-1]
+                out.append(MetricBlock(f"effective_rank_fraction/layer{layer}", steps, frac.unsqueeze(1)))
+                dead += metrics.dead_units(h).to(torch.float64) * h.shape[-1]
+        if self.p.reference_internals and cache.post:
+            units = sum(h.shape[-1] for h in cache.post)
+            out.append(MetricBlock("dead_units_pooled", steps, (dead / units).unsqueeze(1)))
         return out
 
     def diverged_at(self) -> torch.Tensor:
@@ -209,12 +249,16 @@ class PermutedMNISTTrainer(Trainer):
             "correct": self.correct,
             "loss_sum": self.loss_sum,
             "diverged": self.diverged,
+            **({"wm_sum": self.wm_sum, "wm_count": self.wm_count} if self.p.weight_magnitude_every else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["learner"])
         for name in ("correct", "loss_sum", "diverged"):
             getattr(self, name).copy_(state[name])
+        if self.p.weight_magnitude_every:
+            self.wm_sum.copy_(state["wm_sum"])
+            self.wm_count.copy_(state["wm_count"])
 
 
 EXPERIMENT = ExperimentSpec(
