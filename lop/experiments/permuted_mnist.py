@@ -11,9 +11,9 @@ Internals as the reference plotted them (Extended Data Figs. 3–4), under their
 * ``weight_magnitude_every: k > 0`` logs ``weight_magnitude_task_mean`` per task (step = task): the mean
   over the task of mean |w| (all weights, as ``weight_magnitude``), sampled after the update on every
   k-th example of the task (examples k, 2k, …): (1/N) Σ_{j=1..N} mean|w|(after step jk), N = ⌊steps/k⌋.
-  k = 1 is every step, the reference's average; mean |w| moves by at most the step size times the mean
-  |gradient| per step, so k = 100 (600 samples per 60,000-step task) differs from k = 1 by far less than
-  the curves' seed-to-seed spread at a hundredth of the cost.
+  k = 1 is every step, the reference's average; mean |w| drifts slowly, so k = 100 (600 samples per
+  60,000-step task) is the same average at a hundredth of the cost (docs/online-experiments.md gives a
+  measurement: ~600 samples per task differ from k = 1 by ~1 % of the seed-to-seed spread).
 * ``reference_internals: true`` logs at every probe ``effective_rank_fraction/layer{l}`` (effective rank
   / the layer's width; the figures show it in % of width) and ``dead_units_pooled`` (dead units of all
   hidden layers / all hidden units: Σ_l dead_l / Σ_l width_l, the reference's pooling; equal to the mean
