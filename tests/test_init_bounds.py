@@ -77,6 +77,25 @@ def test_scr_relu_bounds_as_documented() -> None:
     assert [round(b, 4) for b in ref.bounds] == [0.5477, 0.7746]
 
 
+def test_scr_reference_init_per_activation() -> None:
+    """The reference's SCR learner: output gain 1; hidden Kaiming with the activation's gain, except SELU
+    units, left at PyTorch's default U(±1/√20) (``selu_hidden_init: torch_default``)."""
+    from lop.config import MethodConfig
+    from lop.experiments.base import RunSpec
+    from lop.experiments.scr import SCRProblem, SCRTrainer
+
+    runs = [RunSpec("m", "d", {}, MethodConfig(), s) for s in range(400)]
+    for activation in SCR_GAINS:
+        problem = SCRProblem(activation=activation, output_gain="linear", selu_hidden_init="torch_default")
+        net = SCRTrainer(problem, runs, torch.device("cpu")).net
+        hidden = 1 / math.sqrt(20) if activation == "selu" else SCR_GAINS[activation] * math.sqrt(3 / 20)
+        assert net.bounds == pytest.approx([hidden, math.sqrt(3 / 5)], rel=1e-12)
+        assert_uniform(net.weights[0], hidden)
+        assert_uniform(net.weights[1], math.sqrt(3 / 5))
+    default = SCRTrainer(SCRProblem(activation="selu"), runs[:1], torch.device("cpu")).net
+    assert default.bounds == pytest.approx([0.75 * math.sqrt(3 / 20), 0.75 * math.sqrt(3 / 5)])
+
+
 # ---- permuted-MNIST MLP: 784 -> 2000 -> 2000 -> 2000 -> 10 ReLU ------------------------------------------
 @pytest.mark.parametrize("output_gain", ["activation", "linear"])
 def test_permuted_mnist_mlp_layers(output_gain: str) -> None:
@@ -96,6 +115,7 @@ def test_output_gain_is_a_problem_option() -> None:
     from lop.experiments.permuted_mnist import PermutedMNISTProblem
     from lop.experiments.scr import SCRProblem
 
+    assert "selu_hidden_init" not in to_dict(SCRProblem())
     for cls in (SCRProblem, PermutedMNISTProblem):
         assert "output_gain" not in to_dict(cls())  # the default leaves resolved configs as they were
         p = from_dict(cls, {"output_gain": "linear"})

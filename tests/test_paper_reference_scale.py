@@ -16,7 +16,7 @@ from lop.params import load_params
 
 # experiment -> problem options its paper scale must set (exact values)
 PAPER_PROBLEM: dict[str, dict[str, Any]] = {
-    "scr": {"output_gain": "linear"},
+    "scr": {"output_gain": "linear", "selu_hidden_init": "torch_default"},
     "permuted_mnist": {"output_gain": "linear", "weight_magnitude_every": 100, "reference_internals": True},
     "continual_imagenet": {},
     "incremental_cifar": {

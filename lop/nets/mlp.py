@@ -92,6 +92,9 @@ class BatchedMLP:
       fan-in 2000);
     * ``lecun_uniform``: b_l = √(3/n_l) on every layer (gain 1, so ``output_gain`` changes nothing);
     * ``torch_default``: b_l = 1/√n_l on every layer (PyTorch's default Linear init).
+
+    ``hidden_init`` (if given) replaces `init` on the hidden layers only, e.g. ``torch_default`` hidden
+    layers under a ``kaiming_uniform`` output layer (the reference's SCR learner with SELU units).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class BatchedMLP:
         zero_bias: bool = True,
         dtype: torch.dtype = torch.float32,
         output_gain: OutputGain = "activation",
+        hidden_init: InitKind | None = None,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
@@ -113,6 +117,7 @@ class BatchedMLP:
         if output_gain not in ("activation", "linear"):
             raise ValueError(f"output_gain must be 'activation' or 'linear', got {output_gain!r}")
         self.output_gain = output_gain
+        self.hidden_init = hidden_init
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
         self.bounds: list[float] = []
@@ -131,11 +136,12 @@ class BatchedMLP:
     def init_bound(self, layer: int) -> float:
         """Uniform bound b_l of layer `layer`'s initial weights (see the class docstring)."""
         fan_in = self.sizes[layer]
-        if self.init == "kaiming_uniform":
-            output = layer == len(self.sizes) - 2
+        output = layer == len(self.sizes) - 2
+        init = self.hidden_init if self.hidden_init is not None and not output else self.init
+        if init == "kaiming_uniform":
             gain_of = "linear" if output and self.output_gain == "linear" else self.activation
             return kaiming_uniform_bound(fan_in, gain_of)
-        if self.init == "lecun_uniform":
+        if init == "lecun_uniform":
             return (3.0 / fan_in) ** 0.5
         return torch_default_bound(fan_in)
 
