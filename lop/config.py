@@ -142,6 +142,12 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 OMIT_IF_DEFAULT = {"omit_if_default": True}
 
 
+def optional_field(default: Any) -> Any:
+    """A config field that `to_dict` leaves out while it holds its default (an `OMIT_IF_DEFAULT` field):
+    for options added after job fingerprints were recorded; `from_dict` restores the default."""
+    return field(default=default, metadata=OMIT_IF_DEFAULT)
+
+
 def _omitted(obj: Any, f: dataclasses.Field) -> bool:
     return bool(f.metadata.get("omit_if_default")) and getattr(obj, f.name) == f.default
 

@@ -75,7 +75,7 @@ def test_friction_changes_only_at_first_episode_end_after_each_boundary() -> Non
         assert len(set(frictions[a:b])) == 1
 
 
-@pytest.mark.parametrize("mix", ["max", "floor"])
+@pytest.mark.parametrize("mix", ["all", "floor", "max"])
 def test_friction_mix_decides_the_contact_friction(mix: str) -> None:
     seed = 1  # a draw below the legs' friction of 1.0
     env = make_env("slippery_ant", seed, friction_mix=mix)
@@ -92,6 +92,50 @@ def test_friction_mix_decides_the_contact_friction(mix: str) -> None:
         seen += mu.size
         assert np.all(mu == (max(f, 1.0) if mix == "max" else f))
     assert seen > 0
+
+
+def _active_contact_frictions(env, seed: int, steps: int) -> np.ndarray:
+    """Sliding friction of every active contact over `steps` env steps (all contacts, not only the floor's)."""
+    out = []
+    for t in range(steps):
+        env.step(_actions(seed, t, 8))
+        d = env.sim.data
+        out.append(np.array(d.contact.friction[: d.ncon, 0]))
+    return np.concatenate(out)
+
+
+def test_default_slippery_ant_puts_the_friction_on_every_contact() -> None:
+    """Issue 19: a default-built slippery Ant at friction 0.05 has sliding friction 0.05 on every contact,
+    as the reference's edit of ant.xml's default geom friction (floor and legs inherit it)."""
+    env = make_env("slippery_ant", 2)
+    assert env.config.friction_mix == "all"
+    env.reset()
+    env.apply_friction(0.05)
+    mu = _active_contact_frictions(env, 2, 80)
+    assert mu.size > 0
+    assert np.all(mu == 0.05)
+    assert np.all(env.sim.model.geom_friction[:, 0] == 0.05)
+
+
+def _torso_path(friction: float | None, mix: str = "all", steps: int = 300) -> np.ndarray:
+    env = make_env("slippery_ant", 5, friction_mix=mix, max_episode_steps=10_000)
+    env.reset()
+    if friction is not None:
+        env.apply_friction(friction)
+    qpos = []
+    for t in range(steps):
+        env.step(_actions(5, t, 8))
+        qpos.append(env.sim.data.qpos.copy())
+    return np.array(qpos)
+
+
+def test_ant_trajectory_depends_on_a_low_friction() -> None:
+    """f = 0.05 and f = 1.0 give different trajectories by default (the legs slide); under ``max`` they
+    are identical (the legs' 1.0 wins), and ``floor`` reproduces ``all`` exactly."""
+    slippery, grippy = _torso_path(0.05), _torso_path(1.0)
+    assert np.abs(slippery - grippy).max() > 0.1
+    np.testing.assert_array_equal(_torso_path(0.05, "max"), _torso_path(1.0, "max"))
+    np.testing.assert_array_equal(_torso_path(0.05, "floor"), slippery)
 
 
 # ---- seeded resets and determinism ------------------------------------------------------------------

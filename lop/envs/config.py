@@ -10,7 +10,7 @@ from typing import Any
 from lop.errors import ConfigError
 
 ENV_NAMES: tuple[str, ...] = ("ant", "slippery_ant", "hopper", "walker2d")
-FRICTION_MIX: tuple[str, ...] = ("max", "floor")
+FRICTION_MIX: tuple[str, ...] = ("all", "floor", "max")
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,15 @@ class EnvConfig:
     * ``friction_low``, ``friction_high``: slippery Ant's log-uniform friction range, [0.02, 2].
     * ``change_every``: slippery Ant draws a new friction at the first episode end once at least this
       many env steps have passed since the last change (2M: 10 frictions in 20M steps).
-    * ``friction_mix``: how the floor friction reaches the contacts. ``"max"`` (MuJoCo default, the
-      reference code's behaviour): a contact's friction is the larger of the floor's and the leg's
-      (1.0), so draws below 1 have no effect. ``"floor"``: the floor geom gets a higher priority, so
-      every floor contact uses the drawn friction.
+    * ``friction_mix``: where the drawn sliding friction f is written, i.e. which friction the contacts
+      see. MuJoCo gives a contact the element-wise *maximum* of its two geoms' frictions.
+      ``"all"`` (default, the reference code's behaviour): f is written to every geom, as the reference's
+      edit of the *default* ``<geom>`` friction of ant.xml (inherited by the floor and every Ant geom),
+      so every contact has sliding friction max(f, f) = f. ``"floor"``: f is written to the floor only
+      and the floor gets the highest geom priority, so floor contacts use the floor's friction f (the
+      same trajectories as ``"all"``: only floor–leg contacts occur). ``"max"``: f is written to the
+      floor only; contacts take max(f, 1.0) with the legs' 1.0, so every draw below 1 (85.7% of
+      log-uniform draws on [0.02, 2]) has no effect — a non-slippery variant kept for comparison.
     * ``clip_actions``: clip actions to the action box before the simulator sees them (the reference
       passes unclipped actions: MuJoCo clamps the torque, the control cost sees the raw action).
     * ``sim_kwargs``: extra keyword arguments of the Gymnasium env class (e.g.
@@ -38,7 +43,7 @@ class EnvConfig:
     friction_low: float = 0.02
     friction_high: float = 2.0
     change_every: int = 2_000_000
-    friction_mix: str = "max"
+    friction_mix: str = "all"
     clip_actions: bool = False
     sim_kwargs: Mapping[str, Any] = field(default_factory=dict)
 

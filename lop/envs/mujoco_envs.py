@@ -7,9 +7,10 @@ stack). It owns everything a run's environment needs besides the physics:
   ``torch_seed(s, "reset", e)``, so the same seed and actions give the same trajectory;
   ``reset(seed=s)`` starts run ``s`` afresh (episode 0, friction 0), ``reset()`` starts the next episode;
 * the time limit (``max_episode_steps``, truncation);
-* slippery Ant: the floor's sliding friction ``model.geom_friction[floor, 0]`` is set in memory to
-  friction number ``k`` of the run (`lop.envs.friction`), and ``k`` advances at the first episode end
-  (reset) once ``change_every`` steps have passed since the last change;
+* slippery Ant: the sliding friction ``model.geom_friction[:, 0]`` of every geom (``friction_mix:
+  all``, the reference's edit of ant.xml's default geom) or of the floor only (``floor``, ``max``) is
+  set in memory to friction number ``k`` of the run (`lop.envs.friction`), and ``k`` advances at the
+  first episode end (reset) once ``change_every`` steps have passed since the last change;
 * an exact state (`get_state` / `set_state`) so a restored env continues bit-identically;
 * for Ant, a lean step (`AntStep`) used by the batched hot path `advance`: the same MuJoCo calls and
   the same numpy arithmetic as Gymnasium's ``AntEnv.step`` (checked bit for bit in the tests), without
@@ -195,7 +196,17 @@ class LopMujocoEnv(gym.Env):
         self.friction_index = index
         if self.config.slippery:
             c = self.config
-            self.friction = friction_value(self.run_seed, index, c.friction_low, c.friction_high)
+            self.apply_friction(friction_value(self.run_seed, index, c.friction_low, c.friction_high))
+
+    def apply_friction(self, value: float) -> None:
+        """Write sliding friction `value` where ``friction_mix`` says: every geom (``all``) or the floor
+        (``floor``, ``max``). The friction schedule calls this; tests may call it directly."""
+        if not self.config.slippery:
+            raise RuntimeError(f"{self.config.name!r} has a fixed friction; use slippery_ant")
+        self.friction = float(value)
+        if self.config.friction_mix == "all":
+            self.sim.model.geom_friction[:, 0] = self.friction
+        else:
             self.sim.model.geom_friction[self._floor, 0] = self.friction
 
     # ---- Gymnasium API -------------------------------------------------------------------------

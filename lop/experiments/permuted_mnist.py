@@ -6,6 +6,19 @@ on each example *before* the update on it, averaged per task. At the start of ev
 `probe_examples` examples (the first of the task's order, permuted) measures the internals of each
 hidden layer: dead units, effective rank, approximate rank, and the weight magnitude.
 
+Internals as the reference plotted them (Extended Data Figs. 3–4), under their own names:
+
+* ``weight_magnitude_every: k > 0`` logs ``weight_magnitude_task_mean`` per task (step = task): the mean
+  over the task of mean |w| (all weights, as ``weight_magnitude``), sampled after the update on every
+  k-th example of the task (examples k, 2k, …): (1/N) Σ_{j=1..N} mean|w|(after step jk), N = ⌊steps/k⌋.
+  k = 1 is every step, the reference's average; mean |w| drifts slowly, so k = 100 (600 samples per
+  60,000-step task) is the same average at a hundredth of the cost (docs/online-experiments.md gives a
+  measurement: ~600 samples per task differ from k = 1 by ~1 % of the seed-to-seed spread).
+* ``reference_internals: true`` logs at every probe ``effective_rank_fraction/layer{l}`` (effective rank
+  / the layer's width; the figures show it in % of width) and ``dead_units_pooled`` (dead units of all
+  hidden layers / all hidden units: Σ_l dead_l / Σ_l width_l, the reference's pooling; equal to the mean
+  of ``dead_units/layer*`` because every hidden layer here has the same width).
+
 `dataset: digits` swaps MNIST for scikit-learn's embedded 8×8 digits (64 inputs, 1,797 examples): the
 offline "permuted digits" variant used by the demo scale; such runs are recorded as ``stand_in: true``
 in ``run.json``, like runs on a prepared MNIST stand-in (real MNIST IDX files give ``false``).
@@ -13,6 +26,7 @@ in ``run.json``, like runs on a prepared MNIST stand-in (real MNIST IDX files gi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,7 +36,7 @@ import torch
 from lop import metrics
 from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check
+from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.nets.mlp import BatchedMLP
 from lop.rng import RunStreams
@@ -41,10 +55,16 @@ class PermutedMNISTProblem:
     depth: int = 3
     activation: Literal["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "selu"] = "relu"
     init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
+    output_gain: Literal["activation", "linear"] = optional_field("activation")
     unit_examples: int = 10_000  # checkpoint granularity; must divide examples_per_task
     chunk: int = 1_000  # examples gathered at once (memory/speed trade-off only)
     probe_examples: int = 2000
     probe_every: int = 1  # tasks between probes (0 = never)
+    # task-average weight magnitude sampled every k examples (0 = off); see the module docstring
+    weight_magnitude_every: int = optional_field(0)
+    # also log effective rank as a fraction of width and dead units pooled over layers
+    reference_internals: bool = optional_field(False)
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -55,6 +75,7 @@ class PermutedMNISTProblem:
             + check(self.unit_examples > 0, "unit_examples", "must be > 0")
             + check(self.chunk > 0, "chunk", "must be > 0")
             + check(self.probe_examples > 0 and self.probe_every >= 0, "probe_examples", "must be > 0")
+            + check(self.weight_magnitude_every >= 0, "weight_magnitude_every", "must be >= 0 (0 = off)")
         )
 
 
@@ -96,7 +117,7 @@ class PermutedMNISTTrainer(Trainer):
     """Unit = `unit_examples` online steps (a task is one or more units)."""
 
     unit_name = "block"
-    state_attrs = ("learner", "correct", "loss_sum")
+    state_attrs = ("learner", "correct", "loss_sum", "wm_sum", "wm_count")
 
     def __init__(self, problem: PermutedMNISTProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
@@ -118,12 +139,17 @@ class PermutedMNISTTrainer(Trainer):
         self.n_units = problem.n_tasks * self.units_per_task
         arch = runs[0].config.arch
         sizes = [self.dim, 10] if arch == "linear" else [self.dim] + [problem.width] * problem.depth + [10]
-        self.net = BatchedMLP(sizes, problem.activation, self.streams, init=problem.init)
+        self.net = BatchedMLP(
+            sizes, problem.activation, self.streams, init=problem.init, output_gain=problem.output_gain
+        )
         self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, "cross_entropy")
         s = self.streams.n
         self.correct = torch.zeros(s, device=device)
         self.loss_sum = torch.zeros(s, device=device)
         self.init_divergence(s, device)
+        # running sum and count of the task's mean-|w| samples (`weight_magnitude_every`)
+        self.wm_sum = torch.zeros(s, dtype=torch.float64, device=device)
+        self.wm_count = torch.zeros((), dtype=torch.int64)
         self._task_cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     # ---- the stream ----------------------------------------------------------------------------
@@ -155,11 +181,14 @@ class PermutedMNISTTrainer(Trainer):
         if part == 0:
             self.correct.zero_()
             self.loss_sum.zero_()
+            self.wm_sum.zero_()
+            self.wm_count.zero_()
             if p.probe_every and task % p.probe_every == 0:
                 blocks += self.probe(task)
         t_task0 = task * self.per_task
         start = part * self.unit_examples
         end = start + self.unit_examples
+        every = p.weight_magnitude_every
         for c0 in range(start, end, p.chunk):
             size = min(p.chunk, end - c0)
             x, y = self.examples(task, c0, size)
@@ -170,11 +199,18 @@ class PermutedMNISTTrainer(Trainer):
                 loss, out = self.learner.step(t_task0 + c0 + j, xs[j], ys[j])
                 self.correct += out[:, 0].argmax(-1) == ys[j, :, 0]
                 self.loss_sum += loss[:, 0]
+                if every and (c0 + j + 1) % every == 0:
+                    self.wm_sum += metrics.weight_magnitude(self.net.weights)
+                    self.wm_count += 1
         self._track_divergence(t_task0 + end)
         if part == self.units_per_task - 1:
             steps = torch.tensor([task], dtype=torch.int64)
             blocks.append(MetricBlock("online_accuracy", steps, (self.correct / self.per_task).unsqueeze(1)))
             blocks.append(MetricBlock("loss", steps, (self.loss_sum / self.per_task).unsqueeze(1)))
+            if every:
+                n = int(self.wm_count)
+                mean_wm = self.wm_sum / n if n else torch.full_like(self.wm_sum, math.nan)
+                blocks.append(MetricBlock("weight_magnitude_task_mean", steps, mean_wm.unsqueeze(1)))
         return blocks
 
     def _track_divergence(self, step: int) -> None:
@@ -190,11 +226,19 @@ class PermutedMNISTTrainer(Trainer):
         out = [
             MetricBlock("weight_magnitude", steps, metrics.weight_magnitude(self.net.weights).unsqueeze(1))
         ]
+        dead = torch.zeros(self.streams.n, dtype=torch.float64, device=self.device)
         for layer, h in enumerate(cache.post, start=1):
             ranks = metrics.rank_metrics(h)
             out.append(MetricBlock(f"dead_units/layer{layer}", steps, metrics.dead_units(h).unsqueeze(1)))
             for name in ("effective_rank", "approximate_rank"):
                 out.append(MetricBlock(f"{name}/layer{layer}", steps, ranks[name].unsqueeze(1)))
+            if self.p.reference_internals:
+                frac = ranks["effective_rank"].to(torch.float64) / h.shape[-1]
+                out.append(MetricBlock(f"effective_rank_fraction/layer{layer}", steps, frac.unsqueeze(1)))
+                dead += metrics.dead_units(h).to(torch.float64) * h.shape[-1]
+        if self.p.reference_internals and cache.post:
+            units = sum(h.shape[-1] for h in cache.post)
+            out.append(MetricBlock("dead_units_pooled", steps, (dead / units).unsqueeze(1)))
         return out
 
 

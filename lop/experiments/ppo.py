@@ -32,7 +32,7 @@ import torch
 
 from lop import metrics
 from lop.algos.method_layer import supported_keys
-from lop.config import check
+from lop.config import check, optional_field
 from lop.envs import BatchedEnvs, EnvConfig
 from lop.errors import ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
@@ -51,7 +51,9 @@ class PPOProblem:
     Environment (`lop.envs.EnvConfig`): ``env``, ``max_episode_steps``, ``friction_low``/``high``,
     ``change_every``, ``friction_mix``, ``clip_actions``, ``sim_kwargs``. PPO: ``total_steps`` per run
     (the last update may overshoot: ⌈total/rollout⌉ updates), ``rollout``, ``epochs``, ``minibatch``
-    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``. Agent: ``hidden`` sizes,
+    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``, ``truncation_as_terminal``
+    (GAE at a time-limit end: False bootstraps from V(final observation), True treats it as terminal
+    as the reference code did). Agent: ``hidden`` sizes,
     ``log_std_init``. Internals: every ``internals_every`` updates on the last ``probe_steps`` steps,
     dormant = active on ≤ ``dormant_threshold`` of them, rank threshold ``rank_threshold``.
     """
@@ -61,7 +63,7 @@ class PPOProblem:
     friction_low: float = 0.02
     friction_high: float = 2.0
     change_every: int = 2_000_000
-    friction_mix: Literal["max", "floor"] = "max"
+    friction_mix: Literal["all", "floor", "max"] = "all"
     clip_actions: bool = False
     sim_kwargs: dict[str, Any] = field(default_factory=dict)
     total_steps: int = 50_000_000
@@ -72,6 +74,8 @@ class PPOProblem:
     lam: float = 0.95
     clip: float = 0.2
     value_coef: float = 1.0
+    # time-limit truncation in GAE: bootstrap (default) or terminal, as the reference (`PPOSettings`)
+    truncation_as_terminal: bool = optional_field(False)
     hidden: tuple[int, ...] = (256, 256)
     log_std_init: float = 0.0
     internals_every: int = 10

@@ -10,7 +10,7 @@ import torch
 
 from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check
+from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.nets.mlp import BatchedMLP
 from lop.problems.scr import LTUTarget, SlowlyChangingInputs
@@ -33,6 +33,11 @@ class SCRProblem:
     hidden: int = 5
     activation: Activation = "relu"
     init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
+    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
+    output_gain: Literal["activation", "linear"] = optional_field("activation")
+    # hidden init of a SELU learner: as `init` (default) or PyTorch's default U(±1/√n), the reference's
+    # (its SCR net initialises sigmoid/tanh/ReLU/leaky-ReLU/swish/ELU units explicitly, SELU units not)
+    selu_hidden_init: Literal["as_init", "torch_default"] = optional_field("as_init")
     bin_size: int = 20_000
     chunk: int = 10_000
 
@@ -64,7 +69,15 @@ class SCRTrainer(Trainer):
         arch = runs[0].config.arch
         sizes = [m, 1] if arch == "linear" else [m, problem.hidden, 1]
         activation = "linear" if arch == "linear" else problem.activation
-        self.net = BatchedMLP(sizes, activation, self.streams, init=problem.init)
+        torch_default_selu = activation == "selu" and problem.selu_hidden_init == "torch_default"
+        self.net = BatchedMLP(
+            sizes,
+            activation,
+            self.streams,
+            init=problem.init,
+            output_gain=problem.output_gain,
+            hidden_init="torch_default" if torch_default_selu else None,
+        )
         self.learner = OnlineMLPLearner(self.net, [r.config for r in runs], self.streams, loss="mse")
         self.target = LTUTarget(self.streams, m, problem.target_hidden, problem.beta)
         self.inputs = SlowlyChangingInputs(

@@ -18,6 +18,7 @@ from lop.nets.units import UnitLayer
 from lop.rng import RunStreams
 
 InitKind = Literal["kaiming_uniform", "lecun_uniform", "torch_default"]
+OutputGain = Literal["activation", "linear"]
 
 
 def activation_grad(name: str, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,21 @@ class ForwardCache:
 
 
 class BatchedMLP:
-    """sizes = [in, h1, ..., out]; hidden layers use `activation`, the output layer is linear."""
+    """sizes = [in, h1, ..., out]; hidden layers use `activation`, the output layer is linear.
+
+    Initial weights of layer l (fan-in n_l) are U(−b_l, b_l), biases 0 (``zero_bias``) or U(±1/√n_l):
+
+    * ``kaiming_uniform``: b_l = g·√(3/n_l), g the gain of `activation` (`ACTIVATION_GAINS`: √2 for
+      ReLU) on hidden layers; on the linear output layer g is the same activation gain
+      (``output_gain: activation``, this project's default) or 1 (``output_gain: linear``, the
+      reference code's ``kaiming_uniform_(nonlinearity='linear')``: e.g. 0.0387 instead of 0.0548 at
+      fan-in 2000);
+    * ``lecun_uniform``: b_l = √(3/n_l) on every layer (gain 1, so ``output_gain`` changes nothing);
+    * ``torch_default``: b_l = 1/√n_l on every layer (PyTorch's default Linear init).
+
+    ``hidden_init`` (if given) replaces `init` on the hidden layers only, e.g. ``torch_default`` hidden
+    layers under a ``kaiming_uniform`` output layer (the reference's SCR learner with SELU units).
+    """
 
     def __init__(
         self,
@@ -90,6 +105,8 @@ class BatchedMLP:
         init: InitKind = "kaiming_uniform",
         zero_bias: bool = True,
         dtype: torch.dtype = torch.float32,
+        output_gain: OutputGain = "activation",
+        hidden_init: InitKind | None = None,
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
@@ -97,6 +114,10 @@ class BatchedMLP:
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.init = init
+        if output_gain not in ("activation", "linear"):
+            raise ValueError(f"output_gain must be 'activation' or 'linear', got {output_gain!r}")
+        self.output_gain = output_gain
+        self.hidden_init = hidden_init
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor] = []
         self.bounds: list[float] = []
@@ -113,11 +134,14 @@ class BatchedMLP:
             self.biases.append(b)
 
     def init_bound(self, layer: int) -> float:
-        """Uniform bound of layer `layer`'s initial weights."""
+        """Uniform bound b_l of layer `layer`'s initial weights (see the class docstring)."""
         fan_in = self.sizes[layer]
-        if self.init == "kaiming_uniform":
-            return kaiming_uniform_bound(fan_in, self.activation)
-        if self.init == "lecun_uniform":
+        output = layer == len(self.sizes) - 2
+        init = self.hidden_init if self.hidden_init is not None and not output else self.init
+        if init == "kaiming_uniform":
+            gain_of = "linear" if output and self.output_gain == "linear" else self.activation
+            return kaiming_uniform_bound(fan_in, gain_of)
+        if init == "lecun_uniform":
             return (3.0 / fan_in) ** 0.5
         return torch_default_bound(fan_in)
 

@@ -48,6 +48,9 @@ class PPOSettings:
     lam: float = 0.95
     clip: float = 0.2
     value_coef: float = 1.0
+    # GAE at a time-limit truncation: bootstrap from V(final observation) (False, textbook) or treat it
+    # as terminal, δ_t = r_t − V(s_t) (True, the reference code's `done` handling)
+    truncation_as_terminal: bool = False
 
     def __post_init__(self) -> None:
         if self.rollout <= 0 or self.epochs <= 0 or self.minibatch <= 0:
@@ -207,7 +210,8 @@ class PPOLearner:
         logp_old, pcache = agent.log_prob(ro.obs, ro.actions)
         v_all, vcache = agent.values(torch.cat([ro.obs, ro.final_obs], 1))
         values, next_values = v_all[:, :t_len], v_all[:, t_len:]
-        adv, returns = gae(ro.rewards, values, next_values, ro.terminated, ro.ends, st.gamma, st.lam)
+        terminal = ro.ends if st.truncation_as_terminal else ro.terminated
+        adv, returns = gae(ro.rewards, values, next_values, terminal, ro.ends, st.gamma, st.lam)
         adv = standardize(adv)
         policy_hidden = pcache.post
         value_hidden = [h[:, :t_len] for h in vcache.post]

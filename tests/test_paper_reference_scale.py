@@ -1,0 +1,57 @@
+"""The ``paper`` scale of every params file reproduces what the reference code ran (issue 19).
+
+Each resolved paper-scale problem (and every setting's problem) must carry the options that restore the
+reference's behaviour, and the CBP methods must keep optimiser state on replacement as the reference did.
+See docs/protocols/reference-differences.md for each option and why the project's default differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+from lop.params import load_params
+
+# experiment -> problem options its paper scale must set (exact values)
+PAPER_PROBLEM: dict[str, dict[str, Any]] = {
+    "scr": {"output_gain": "linear", "selu_hidden_init": "torch_default"},
+    "permuted_mnist": {"output_gain": "linear", "weight_magnitude_every": 100, "reference_internals": True},
+    "continual_imagenet": {},
+    "incremental_cifar": {
+        "augmented_test": True,
+        "retrain_resets_running_stats": False,
+        "reset_optimizer_on_reinit": False,
+    },
+    "ppo_slippery_ant": {"friction_mix": "all", "truncation_as_terminal": True},
+    "ppo_ant": {"truncation_as_terminal": True},
+    "ppo_mujoco": {"truncation_as_terminal": True},
+}
+# experiments whose reference CBP kept the optimiser state of replaced units (SGD momentum; PPO's Adam)
+KEEPS_OPTIMIZER_STATE = {"continual_imagenet", "incremental_cifar", "ppo_slippery_ant", "ppo_ant", "ppo_mujoco"}
+
+FILES = sorted(p.name for p in (REPO / "params").glob("*.yaml") if p.name != "figures.yaml")
+
+
+def test_every_params_file_is_covered() -> None:
+    assert {load_params(REPO / "params" / f).experiment for f in FILES} == set(PAPER_PROBLEM)
+
+
+@pytest.mark.xfail(strict=True, reason="params paper scale set at merge")
+@pytest.mark.parametrize("name", FILES)
+def test_paper_scale_follows_the_reference(name: str) -> None:
+    params = load_params(REPO / "params" / name)
+    want = PAPER_PROBLEM[params.experiment]
+    problems = [params.problems["paper"]] + [
+        s.problem for settings in params.settings["paper"].values() for s in settings
+    ]
+    for problem in problems:
+        got = {k: getattr(problem, k) for k in want}
+        assert got == want
+    if params.experiment in KEEPS_OPTIMIZER_STATE:
+        cbp = [s.config.cbp for settings in params.settings["paper"].values() for s in settings if s.config.cbp]
+        assert cbp, "the paper grid has CBP methods"
+        assert all(c.reset_optimizer_state is False for c in cbp)
+    # continual_imagenet has no reference option of its own beyond CBP's; make its check non-vacuous
+    assert want or params.experiment in KEEPS_OPTIMIZER_STATE

@@ -1,0 +1,170 @@
+"""Options that restore the reference code's behaviour (issue 19; docs/protocols/reference-differences.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lop.config import MethodConfig, from_dict, to_dict
+
+
+# ---- PPO: time-limit truncation in GAE -------------------------------------------------------------------
+def _ppo_after_update(truncation_as_terminal: bool, treat_ends_as_terminated: bool = False) -> torch.Tensor:
+    pytest.importorskip("gymnasium.envs.mujoco", reason="needs gymnasium[mujoco] (the rl extra)")
+    from lop.envs import BatchedEnvs
+    from lop.rl.agent import GaussianAgent
+    from lop.rl.ppo import PPOLearner, PPOSettings, collect_rollout
+    from lop.rng import RunStreams
+
+    seeds = [0, 1]
+    envs = BatchedEnvs("ant", seeds, max_episode_steps=20)  # several time-limit ends per rollout
+    envs.reset()
+    streams = RunStreams(seeds)
+    agent = GaussianAgent(envs.obs_dim, envs.act_dim, (16, 16), streams)
+    settings = PPOSettings(rollout=128, epochs=2, minibatch=32, truncation_as_terminal=truncation_as_terminal)
+    method = MethodConfig(optimizer="adam", lr=1e-3)
+    learner = PPOLearner(agent, [method] * 2, streams, settings)
+    ro = collect_rollout(agent, envs, streams, 0, 128)
+    truncated = ro.ends - ro.terminated
+    assert float(truncated.sum()) >= 4  # the rollout holds truncations the option acts on
+    if treat_ends_as_terminated:
+        ro = ro._replace(terminated=ro.ends)
+    learner.update(ro, 0)
+    return agent.flat.clone()
+
+
+def test_truncation_as_terminal_drops_the_bootstrap_at_time_limits() -> None:
+    """True: every episode end is terminal in GAE (δ = r − V(s) at a time-limit end), exactly as if the
+    simulator had reported termination there; False: truncated steps bootstrap from V(final obs)."""
+    terminal = _ppo_after_update(True)
+    assert torch.equal(terminal, _ppo_after_update(False, treat_ends_as_terminated=True))
+    assert not torch.equal(terminal, _ppo_after_update(False))
+
+
+def test_truncation_option_reaches_the_learner_and_leaves_default_configs_alone() -> None:
+    from lop.experiments.ppo import AntProblem
+
+    assert "truncation_as_terminal" not in to_dict(AntProblem())
+    p = from_dict(AntProblem, {"truncation_as_terminal": True})
+    assert p.ppo_settings().truncation_as_terminal is True
+    assert to_dict(p)["truncation_as_terminal"] is True
+    assert dataclasses.replace(p, truncation_as_terminal=False) == AntProblem()
+
+
+# ---- CIFAR: test accuracy on augmented test images, beside the clean one ----------------------------------
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    from lop.data.cifar100 import prepare_cifar100
+    from lop.data.standins import write_standin
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_standin("cifar100", root / "raw", size="small")
+    return prepare_cifar100(root / "raw", root / "prepared")
+
+
+def _cifar_metrics(cifar_dir, augmented_test: bool):
+    from lop.experiments.base import RunSpec
+    from lop.experiments.incremental_cifar import IncrementalCifarProblem, IncrementalCifarTrainer
+
+    problem = IncrementalCifarProblem(
+        data_dir=str(cifar_dir), n_classes=6, classes_start=2, classes_per_increment=2, n_increments=2,
+        epochs_per_increment=3, lr_milestones=(1, 2), lr_factors=(0.2, 0.04), batch_size=6,
+        train_per_class=3, val_per_class=2, test_per_class=5, image_size=8, width=4, probe_images=8,
+        eval_batch=7, augmented_test=augmented_test,
+    )  # fmt: skip
+    cfg = MethodConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    runs = [RunSpec("m", "d", {}, cfg, s) for s in (0, 1)]
+    trainer = IncrementalCifarTrainer(problem, runs, torch.device("cpu"))
+    out: dict[str, list[torch.Tensor]] = {}
+    recomputed = []
+    for unit in range(problem.n_epochs):
+        for block in trainer.train_unit(unit):
+            out.setdefault(block.name, []).append(block.values[:, 0].clone())
+        if augmented_test and unit == 1:  # not an increment end: the parameters that were evaluated
+            recomputed.append(trainer.evaluate(trainer.data.test, 2, augment_epoch=unit))
+    return out, recomputed, trainer
+
+
+def test_augmented_test_accuracy_is_recorded_beside_the_clean_one(cifar_dir) -> None:
+    plain, _, _ = _cifar_metrics(cifar_dir, False)
+    aug, recomputed, trainer = _cifar_metrics(cifar_dir, True)
+    new = {"test_accuracy_augmented", "test_accuracy_augmented/max", "test_accuracy_augmented/final"}
+    assert set(aug) - set(plain) == new
+    assert not any(name.startswith("test_accuracy_augmented") for name in plain)
+    # evaluation on augmented images changes nothing else: every other metric is bit-identical
+    for name, values in plain.items():
+        assert all(torch.equal(a, b) for a, b in zip(values, aug[name], strict=True)), name
+    per_epoch = torch.stack(aug["test_accuracy_augmented"])  # [epochs, S]
+    assert torch.equal(per_epoch[1], recomputed[0])  # deterministic draws, logged as evaluated
+    maxes = torch.stack(aug["test_accuracy_augmented/max"])  # [increments, S]
+    assert torch.equal(maxes, per_epoch.view(2, 3, 2).amax(1))
+    # the augmented images really differ from the clean ones (flip, crop, rotation)
+    x = trainer.data.test[:2, :3].flatten(0, 1).unsqueeze(0).expand(2, -1, -1, -1, -1)
+    assert not torch.equal(trainer._augmented_test_images(x, 5), trainer._clean_images(x))
+    assert torch.equal(trainer._augmented_test_images(x, 5), trainer._augmented_test_images(x, 5))
+    assert "augmented_test" not in to_dict(type(trainer.p)())
+
+
+# ---- permuted MNIST: internals as the reference plotted them ----------------------------------------------
+def _digits_trainer(**kw):
+    from lop.experiments.base import RunSpec
+    from lop.experiments.permuted_mnist import PermutedMNISTProblem, PermutedMNISTTrainer
+
+    problem = PermutedMNISTProblem(
+        dataset="digits", n_tasks=2, examples_per_task=120, unit_examples=60, chunk=30, width=24,
+        depth=2, probe_examples=100, **kw,
+    )  # fmt: skip
+    cfg = MethodConfig(optimizer="sgd", lr=0.05)
+    runs = [RunSpec("m", "d", {}, cfg, s) for s in (0, 1)]
+    return PermutedMNISTTrainer(problem, runs, torch.device("cpu"))
+
+
+def _collect(trainer) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {}
+    for unit in range(trainer.n_units):
+        for block in trainer.train_unit(unit):
+            out.setdefault(block.name, []).append(block.values[:, 0])
+    return {k: torch.stack(v, 1) for k, v in out.items()}  # [S, K]
+
+
+def test_task_mean_weight_magnitude_averages_dense_samples() -> None:
+    """k = 1: the mean over the task's steps of mean |w| after each update, recomputed by wrapping the
+    learner's step; k = steps per task: one sample, the weights the next task's probe sees."""
+    from lop import metrics
+
+    trainer = _digits_trainer(weight_magnitude_every=1)
+    seen: list[torch.Tensor] = []
+    step = trainer.learner.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(metrics.weight_magnitude(trainer.net.weights))
+        return out
+
+    trainer.learner.step = recording_step  # type: ignore[method-assign]
+    got = _collect(trainer)["weight_magnitude_task_mean"]  # [S, 2 tasks]
+    per_step = torch.stack(seen, 1)  # [S, 240]
+    expected = per_step.view(2, 2, 120).mean(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    assert not torch.equal(got[:, 0], per_step[:, 0])  # a true average, not one snapshot
+
+    sparse = _collect(_digits_trainer(weight_magnitude_every=120))
+    assert torch.equal(sparse["weight_magnitude_task_mean"][:, 0], sparse["weight_magnitude"][:, 1])
+    assert "weight_magnitude_task_mean" not in _collect(_digits_trainer())
+
+
+def test_reference_internals_fraction_of_width_and_pooled_dead_units() -> None:
+    m = _collect(_digits_trainer(reference_internals=True))
+    for layer in (1, 2):
+        torch.testing.assert_close(
+            m[f"effective_rank_fraction/layer{layer}"], m[f"effective_rank/layer{layer}"].double() / 24
+        )
+    pooled = (m["dead_units/layer1"] * 24 + m["dead_units/layer2"] * 24) / 48
+    torch.testing.assert_close(m["dead_units_pooled"], pooled.double())
+    plain = _collect(_digits_trainer())
+    new = {"effective_rank_fraction/layer1", "effective_rank_fraction/layer2", "dead_units_pooled"}
+    assert set(m) - set(plain) == new
+    for name, v in plain.items():  # nothing else changes
+        assert torch.equal(v, m[name]), name
