@@ -60,3 +60,20 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def prepared_standins(tmp_path_factory) -> dict[str, Path]:
+    """Small prepared stand-ins of the image data sets (deterministic files), shared by the golden-metrics
+    and method-layer tests: ``{"imagenet32": dir, "cifar100": dir}``."""
+    from lop.data.cifar100 import prepare_cifar100
+    from lop.data.imagenet32 import prepare_imagenet32
+    from lop.data.standins import write_standin
+
+    root = tmp_path_factory.mktemp("standin-data")
+    write_standin("imagenet32", root / "in-raw", size="small")
+    write_standin("cifar100", root / "c-raw", size="small")
+    return {
+        "imagenet32": prepare_imagenet32(root / "in-raw", root / "in"),
+        "cifar100": prepare_cifar100(root / "c-raw", root / "c"),
+    }

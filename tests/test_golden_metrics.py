@@ -104,19 +104,8 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> dict[str, Path]:
-    """Small prepared stand-ins of the image data sets (deterministic files)."""
-    from lop.data.cifar100 import prepare_cifar100
-    from lop.data.imagenet32 import prepare_imagenet32
-    from lop.data.standins import write_standin
-
-    root = tmp_path_factory.mktemp("golden-data")
-    write_standin("imagenet32", root / "in-raw", size="small")
-    write_standin("cifar100", root / "c-raw", size="small")
-    return {
-        "imagenet32": prepare_imagenet32(root / "in-raw", root / "in"),
-        "cifar100": prepare_cifar100(root / "c-raw", root / "c"),
-    }
+def prepared(prepared_standins) -> dict[str, Path]:
+    return prepared_standins
 
 
 def metrics_digest(run_dirs: list[Path]) -> str:

@@ -104,18 +104,8 @@ def test_mismatched_optimizer_settings_are_rejected():
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> dict[str, Path]:
-    from lop.data.cifar100 import prepare_cifar100
-    from lop.data.imagenet32 import prepare_imagenet32
-    from lop.data.standins import write_standin
-
-    root = tmp_path_factory.mktemp("compat-data")
-    write_standin("imagenet32", root / "in-raw", size="small")
-    write_standin("cifar100", root / "c-raw", size="small")
-    return {
-        "imagenet32": prepare_imagenet32(root / "in-raw", root / "in"),
-        "cifar100": prepare_cifar100(root / "c-raw", root / "c"),
-    }
+def prepared(prepared_standins) -> dict[str, Path]:
+    return prepared_standins
 
 
 def _digest(experiment: str, method: dict[str, Any], tmp: Path, prepared: dict[str, Path], seeds=(0,)) -> str:
