@@ -56,8 +56,8 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
 # Per-unit reductions of |w| without a fresh full-size |w| temporary every step (issue #20), each
 # bit-identical to the plain formula:
 # * row means (`in_magnitude`, a reduction over the contiguous inner axis) are computed on slices of
-#   whole units whose |w| fits in CHUNK_BYTES (cache-resident); a row's result does not depend on the
-#   slicing;
+#   UNIT_GROUP·j whole units whose |w| fits in CHUNK_BYTES (cache-resident; CPU only); a row's result
+#   does not depend on the slicing;
 # * column sums (`out_magnitude`, an outer reduction whose summation order torch picks from the layout,
 #   and which slicing the column axis can change) write |w| into a persistent scratch buffer with w's
 #   layout and reduce it with the very same `sum` call.
@@ -69,8 +69,8 @@ UNIT_GROUP = 64
 def _unit_slices(t: torch.Tensor, dim: int) -> list[tuple[int, int]]:
     """Slices ``[j0, j1)`` of axis `dim` of `t`, multiples of UNIT_GROUP units (one slice when small)."""
     n = t.shape[dim]
-    if not t.is_contiguous():
-        return [(0, n)]
+    if not t.is_contiguous() or t.device.type != "cpu":  # accelerators: a caching allocator, and
+        return [(0, n)]  # each slice would be a kernel launch
     per_unit = t.numel() // max(n, 1) * t.element_size()
     width = (CHUNK_BYTES // max(per_unit, 1)) // UNIT_GROUP * UNIT_GROUP
     width = max(UNIT_GROUP, width)
