@@ -63,7 +63,7 @@ class OnlineMLPLearner:
         return loss, out
 
     def update(self, t: int, cache: ForwardCache, grad_out: torch.Tensor) -> None:
-        self.methods.step(t, self.net.backward(cache, grad_out), cache.post)
+        self.methods.step(t, self.net.backward(cache, grad_out, reuse_buffers=True), cache.post)
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "methods": self.methods.state_dict()}

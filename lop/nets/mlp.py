@@ -57,11 +57,16 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return batched_linear(h, w, b)
 
 
-def _outer(delta: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Σ_b delta[s, b, :]ᵀ h[s, b, :] -> ``[S, out, in]``."""
+def _outer(delta: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_b delta[s, b, :]ᵀ h[s, b, :] -> ``[S, out, in]``, written into `out` when given (the same
+    arithmetic either way: a reused buffer only avoids re-faulting fresh pages for a large gradient)."""
     if delta.shape[1] == 1:
-        return delta.transpose(1, 2) * h
-    return torch.bmm(delta.transpose(1, 2), h)
+        return torch.mul(delta.transpose(1, 2), h, out=out) if out is not None else delta.transpose(1, 2) * h
+    return (
+        torch.bmm(delta.transpose(1, 2), h, out=out)
+        if out is not None
+        else torch.bmm(delta.transpose(1, 2), h)
+    )
 
 
 def _back(delta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -171,14 +176,22 @@ class BatchedMLP:
             post.append(h)
         raise AssertionError("unreachable")
 
-    def backward(self, cache: ForwardCache, grad_out: torch.Tensor) -> list[torch.Tensor]:
-        """Gradients of sum(grad_out * output) w.r.t. `parameters()` (same order), by hand."""
+    def backward(
+        self, cache: ForwardCache, grad_out: torch.Tensor, reuse_buffers: bool = False
+    ) -> list[torch.Tensor]:
+        """Gradients of sum(grad_out * output) w.r.t. `parameters()` (same order), by hand.
+
+        ``reuse_buffers=True`` writes the weight gradients into buffers owned by the net and reused
+        every call (the caller must consume them before the next call, as an optimiser step does):
+        a fresh ``[S, out, in]`` gradient above glibc's mmap threshold is page-faulted in every step,
+        which at width 2000 costs more system time than the arithmetic. Results are bit-identical.
+        """
         grads: list[torch.Tensor] = []
         delta = grad_out  # [S, B, out]
         for layer in range(len(self.weights) - 1, -1, -1):
             h_in = cache.x if layer == 0 else cache.post[layer - 1]
             grads.append(delta.sum(1))
-            grads.append(_outer(delta, h_in))
+            grads.append(_outer(delta, h_in, self._grad_buffer(layer) if reuse_buffers else None))
             if layer > 0:
                 dh = _back(delta, self.weights[layer])
                 if self.activation == "relu":  # one fused pass: dh where the unit was active, else 0
@@ -187,6 +200,14 @@ class BatchedMLP:
                     delta = dh * activation_grad(self.activation, cache.pre[layer - 1], cache.post[layer - 1])
         grads.reverse()
         return grads
+
+    def _grad_buffer(self, layer: int) -> torch.Tensor:
+        bufs = self.__dict__.setdefault("_grad_bufs", {})
+        w = self.weights[layer]
+        buf = bufs.get(layer)
+        if buf is None or buf.shape != w.shape or buf.dtype != w.dtype:
+            buf = bufs[layer] = torch.empty_like(w)
+        return buf
 
     def unit_layers(self) -> list[UnitLayer]:
         """Hidden layers as `UnitLayer` views for CBP/ReDo."""
