@@ -168,3 +168,37 @@ def test_reference_internals_fraction_of_width_and_pooled_dead_units() -> None:
     assert set(m) - set(plain) == new
     for name, v in plain.items():  # nothing else changes
         assert torch.equal(v, m[name]), name
+
+
+# ---- the new running state survives a checkpoint -----------------------------------------------------------
+def _resumed_equals_straight(make, split: int) -> None:
+    straight = make()
+    want = [[(b.name, b.values.clone()) for b in straight.train_unit(u)] for u in range(straight.n_units)]
+    first = make()
+    for u in range(split):
+        first.train_unit(u)
+    state = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    for u in range(split, resumed.n_units):
+        got = [(b.name, b.values) for b in resumed.train_unit(u)]
+        assert [n for n, _ in got] == [n for n, _ in want[u]]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, want[u], strict=True))
+
+
+def test_task_mean_weight_magnitude_resumes_mid_task() -> None:
+    _resumed_equals_straight(lambda: _digits_trainer(weight_magnitude_every=7), split=1)  # unit 1: mid-task
+
+
+def test_augmented_test_trackers_resume_mid_increment(cifar_dir) -> None:
+    from lop.experiments.base import RunSpec
+    from lop.experiments.incremental_cifar import IncrementalCifarProblem, IncrementalCifarTrainer
+
+    problem = IncrementalCifarProblem(
+        data_dir=str(cifar_dir), n_classes=4, classes_start=2, classes_per_increment=2, n_increments=2,
+        epochs_per_increment=2, lr_milestones=(1,), lr_factors=(0.2,), batch_size=6, train_per_class=3,
+        val_per_class=2, test_per_class=5, image_size=8, width=4, probe_images=8, eval_batch=7,
+        augmented_test=True,
+    )  # fmt: skip
+    runs = [RunSpec("m", "d", {}, MethodConfig(lr=0.1, momentum=0.9), s) for s in (0, 1)]
+    _resumed_equals_straight(lambda: IncrementalCifarTrainer(problem, runs, torch.device("cpu")), split=1)

@@ -6,7 +6,7 @@ step = the env steps of each run at the update's end:
 
 * every update: ``episode_return`` (mean undiscounted return of the episodes that ended during the
   update, NaN if none), ``episodes`` (their number), ``loss/policy``, ``loss/value`` (means over the
-  update's minibatches), and ``friction`` (slippery Ant: the floor friction at the update's end);
+  update's minibatches), and ``friction`` (slippery Ant: the drawn friction at the update's end);
 * every ``internals_every`` updates: ``dormant_units/policy`` and ``dormant_units/value`` (fraction of
   hidden units active, h > 0, on ≤ 1% of the last ``probe_steps`` steps of the rollout, as the nets
   that acted on them), ``abs_approximate_rank/policy`` (the reference's 99% "stable rank" of the
