@@ -108,8 +108,10 @@ def check_out_dir(out: str | os.PathLike[str], where: str = "--out") -> Path:
 
 def check_seeds(seeds: Any, where: str) -> list[int]:
     """A non-empty list of distinct integers in [0, 2**63), at most `MAX_SEEDS` of them."""
-    if not isinstance(seeds, list | tuple) or not seeds:
-        raise ConfigError(where, "must be a non-empty list of integers, e.g. [0, 1, 2]")
+    if not isinstance(seeds, list | tuple):
+        raise ConfigError(where, f"must be a list of integers, e.g. [0, 1, 2], got {seeds!r}")
+    if not seeds:
+        raise ConfigError(where, "empty seed list; give at least one seed, e.g. [0, 1, 2]")
     if len(seeds) > MAX_SEEDS:
         raise ConfigError(where, f"{len(seeds)} seeds; at most {MAX_SEEDS} are allowed")
     for s in seeds:
@@ -125,7 +127,9 @@ def check_seeds(seeds: Any, where: str) -> list[int]:
 
 def check_seed_range(start: int, count: int, where: str) -> None:
     """A ``{start, count}`` range checked arithmetically before it is materialised."""
-    if count <= 0:
+    if count == 0:
+        raise ConfigError(f"{where}.count", "empty seed list; give at least one seed")
+    if count < 0:
         raise ConfigError(f"{where}.count", "must be > 0")
     if count > MAX_SEEDS:
         raise ConfigError(f"{where}.count", f"{count} seeds; at most {MAX_SEEDS} are allowed")
@@ -140,7 +144,7 @@ def parse_seeds(text: str, where: str = "--seeds") -> list[int]:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        m = re.fullmatch(r"(\d{1,20})(?:\s*-\s*(\d{1,20}))?", part)
+        m = re.fullmatch(r"([0-9]+)(?:\s*-\s*([0-9]+))?", part) if len(part) <= 80 else None
         if m is None:
             raise ConfigError(where, f"cannot read {part[:40]!r}; use e.g. 0,1,2 or 0-9 (non-negative)")
         a = int(m.group(1))

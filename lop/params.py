@@ -26,13 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
 from lop.errors import ConfigError
 from lop.experiments.base import RunSpec, get_experiment
+from lop.limits import (
+    check_memory,
+    check_run_count,
+    check_sane_values,
+    check_seed_range,
+    check_seeds,
+    grid_size,
+    load_yaml,
+    safe_component,
+)
 
 SCALES = ("smoke", "demo", "paper")
+GPU_MEMORY_MB = 141 * 1024  # the largest GPU a job may get (memory pre-flight of GPU jobs)
 _SAFE = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
 
 
@@ -195,6 +204,7 @@ def _expand_method(
         problem = from_dict(problem_cls, prob, f"{where}[{sid}].problem")
         if not _SAFE.match(sid):
             raise ConfigError(f"{where}.grid", f"setting id {sid!r} is not filesystem-safe")
+        safe_component(sid, f"{where}.grid", "setting id")
         out.append(Setting(name, sid, values, config, problem))
     ids = [s.setting_id for s in out]
     if len(set(ids)) != len(ids):
@@ -207,10 +217,8 @@ def load_params(path: str | Path) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    raw = load_yaml(path, "params file")
+    check_sane_values(raw, f"{path}:")
     where = f"{path}:"
     data = from_dict(ParamsFile, raw, where.rstrip(":") + ":")
     spec = get_experiment_checked(data.experiment, f"{path}:experiment")
@@ -222,6 +230,10 @@ def load_params(path: str | Path) -> Params:
     for scale_name, scale in data.scales.items():
         sw = f"{path}:scales.{scale_name}"
         problems[scale_name] = from_dict(spec.problem_cls, scale.problem, f"{sw}.problem")
+        if isinstance(scale.seeds, SeedRange):
+            check_seed_range(scale.seeds.start, scale.seeds.count, f"{sw}.seeds")
+        else:
+            check_seeds(scale.seeds, f"{sw}.seeds")
         seeds = (
             list(range(scale.seeds.start, scale.seeds.start + scale.seeds.count))
             if isinstance(scale.seeds, SeedRange)
@@ -241,13 +253,31 @@ def load_params(path: str | Path) -> Params:
         if not methods:
             raise ConfigError(f"{sw}.methods", "no methods defined for this scale")
         settings[scale_name] = {}
+        for mname in methods:
+            safe_component(mname, f"{sw}.methods.{str(mname)[:60]}", "method name")
+        n_settings = sum(grid_size(m.grid, f"{sw}.methods.{n}") for n, m in methods.items())
+        check_run_count(n_settings, len(seeds), sw)
         for mname, mspec in methods.items():
             if not _SAFE.match(mname):
                 raise ConfigError(f"{sw}.methods.{mname}", "method names may use letters, digits, _ . - only")
             settings[scale_name][mname] = _expand_method(
                 f"{sw}.methods.{mname}", mname, mspec, spec.problem_cls, scale.problem
             )
+        _check_job_memory(scale, scale.resources or data.resources, settings[scale_name], len(seeds), sw)
     return Params(path, data, problems, settings)
+
+
+def _check_job_memory(
+    scale: ScaleSpec, res: Resources, methods: dict[str, list[Setting]], n_seeds: int, where: str
+) -> None:
+    """Pre-flight: the networks of one job must fit in its ``mem_mb`` (GPU jobs: in the largest GPU)."""
+    runs_per_seed_chunk = min(scale.seeds_per_job, n_seeds)
+    limit = res.mem_mb if res.gpu == 0 else max(res.mem_mb, GPU_MEMORY_MB)
+    what = "the job's resources.mem_mb" if res.gpu == 0 else "one GPU"
+    for mname, method_settings in methods.items():
+        packed = len(method_settings) if scale.pack_settings else 1
+        for s in method_settings:
+            check_memory(s.problem, runs_per_seed_chunk * packed, limit, f"{where}.methods.{mname}", what)
 
 
 def get_experiment_checked(name: str, where: str):

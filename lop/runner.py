@@ -23,15 +23,26 @@ import pandas as pd
 import torch
 
 from lop.config import to_dict
-from lop.errors import CheckpointError
+from lop.errors import CheckpointError, ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable
 from lop.io import atomic_write, device_description, git_commit, load_checkpoint, save_checkpoint, versions
+from lop.limits import SEED_LIMIT, inside, safe_component
 
 CHECKPOINT_FORMAT = 1
 
 
 def run_dir(out: Path, run: RunSpec) -> Path:
     return Path(out) / run.method / run.setting_id / f"seed-{run.seed}"
+
+
+def _checked_run_dir(out: Path, run: RunSpec, where: str) -> Path:
+    """`run_dir` after checking that the method and setting id are safe path components and that the
+    folder resolves inside `out` (nothing is ever written outside the output folder)."""
+    safe_component(run.method, f"{where}: method", "method name")
+    safe_component(run.setting_id, f"{where}: setting id", "setting id")
+    if isinstance(run.seed, bool) or not isinstance(run.seed, int) or not 0 <= run.seed < SEED_LIMIT:
+        raise ConfigError(f"{where}: seed", f"seed {run.seed!r} is not an integer in [0, 2**63)")
+    return inside(out, run_dir(out, run), where)
 
 
 def resolved_config(spec: ExperimentSpec, scale: str, problem: Any, run: RunSpec) -> dict[str, Any]:
@@ -140,7 +151,10 @@ def run_group(
     """
     out = Path(out)
     configs = [resolved_config(spec, scale, problem, r) for r in runs]
-    dirs = [run_dir(out, r) for r in runs]
+    dirs = [_checked_run_dir(out, r, "--out") for r in runs]
+    if models_dir is not None:
+        for r in runs:
+            _checked_run_dir(Path(models_dir), r, "--models-dir")
     if all(_is_complete(d, c) for d, c in zip(dirs, configs)):
         print(f"[lop] all {len(runs)} runs already complete in {out}", file=sys.stderr)
         return dirs
