@@ -34,7 +34,7 @@ SEED_LIMIT = 2**63  # seeds are integers in [0, 2**63)
 MAX_NAME = 200  # characters of one path component (file systems allow 255 bytes)
 MAX_INT = 10**10  # any other integer in a params or run file
 MAX_ABS_FLOAT = 1e9  # any float in a params or run file
-MAX_LR = 10.0  # a step size above this is a typo
+MAX_LR = 1e3  # a step size above this is a typo (50 is a deliberate divergence test)
 GZIP_CAP_DEFAULT = 64 * 1024 * 1024  # decompressed bytes of one MNIST idx file (largest: 47,040,016)
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=,+-]*$")

@@ -129,6 +129,48 @@ def _is_complete(path: Path, config: dict[str, Any]) -> bool:
     return data.get("status") in ("complete", "diverged") and data.get("config") == config
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checked_resume_state(
+    state: dict[str, Any], path: Path, n_units: int, n_runs: int
+) -> tuple[int, float, str]:
+    """(unit, elapsed, started) of a checkpoint whose contents fit this run group: the unit within
+    [1, n_units), finite elapsed time, and metric blocks of matching shapes (steps [T], values [runs, T]);
+    a tampered or foreign checkpoint is a `CheckpointError`, never a silent resume."""
+    fix = "delete it to restart the runs"
+    unit, elapsed, started = state.get("unit"), state.get("elapsed"), state.get("started")
+    if isinstance(unit, bool) or not isinstance(unit, int) or not 0 < unit < n_units:
+        raise CheckpointError(f"{path}: unit {unit!r} is outside 1..{n_units - 1}; {fix}")
+    if isinstance(elapsed, bool) or not isinstance(elapsed, int | float) or not 0 <= elapsed < 1e12:
+        raise CheckpointError(f"{path}: elapsed time {elapsed!r} is not a duration; {fix}")
+    if not isinstance(started, str):
+        raise CheckpointError(f"{path}: 'started' is not a timestamp; {fix}")
+    blocks = state.get("metrics")
+    if not isinstance(blocks, dict):
+        raise CheckpointError(f"{path}: no metrics; {fix}")
+    for name, block in blocks.items():
+        steps = block.get("steps") if isinstance(block, dict) else None
+        values = block.get("values") if isinstance(block, dict) else None
+        ok = (
+            isinstance(steps, torch.Tensor)
+            and isinstance(values, torch.Tensor)
+            and steps.dim() == 1
+            and values.dim() == 2
+            and values.shape == (n_runs, steps.shape[0])
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{path}: metric {str(name)[:40]!r} has the wrong shape for {n_runs} runs; {fix}"
+            )
+    return unit, float(elapsed), started
+
+
 def run_group(
     spec: ExperimentSpec,
     problem: Any,
@@ -165,6 +207,7 @@ def run_group(
     trainer = spec.build(problem, runs, device)
     metrics: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     unit, elapsed = 0, 0.0
+    resumed_from: int | None = None
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         if state.get("group_hash") != ghash or state.get("format") != CHECKPOINT_FORMAT:
@@ -173,9 +216,10 @@ def run_group(
             trainer.load_state_dict(state["trainer"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{ckpt_path}: does not match this run group ({e}); delete it") from e
-        unit, elapsed, started = int(state["unit"]), float(state["elapsed"]), str(state["started"])
+        unit, elapsed, started = _checked_resume_state(state, ckpt_path, trainer.n_units, len(runs))
         for name, block in state["metrics"].items():
             metrics[name] = [(block["steps"], block["values"])]
+        resumed_from = unit
         print(f"[lop] resumed from {ckpt_path} at {trainer.unit_name} {unit}", file=sys.stderr)
 
     crash_after = int(os.environ.get("LOP_CRASH_AFTER_UNIT", "-1"))  # test hook: SIGKILL after unit
@@ -234,6 +278,7 @@ def run_group(
         "wall_time_s": round(wall, 3),
         "group_size": len(runs),
         "group_hash": ghash,
+        "resumed_from_unit": resumed_from,
         "started": started,
         "finished": finished,
     }
@@ -251,6 +296,7 @@ def run_group(
         df["metric"] = df["metric"].astype(str)
         atomic_write(path / "metrics.parquet", lambda p, df=df: df.to_parquet(p, index=False))
         record = {
+            "metrics_sha256": _sha256(path / "metrics.parquet"),
             "status": "diverged" if diverged[k] >= 0 else "complete",
             "diverged_at": diverged[k] if diverged[k] >= 0 else None,
             "experiment": spec.name,

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lop.data.artifact import read_json
+from lop.data.download import sha256sum
 from lop.errors import ConfigError, DataError
 from lop.io import atomic_write
 from lop.limits import SEED_LIMIT, check_out_dir, safe_component
@@ -116,10 +117,16 @@ def check_run_record(run: Mapping[str, Any], run_json: Path) -> None:
             raise DataError(f"{bad}describes run {'/'.join(want)} but lies in {'/'.join(parts[-4:-1])}{fix}")
 
 
-def read_metrics(path: Path) -> pa.Table:
-    """Read one ``metrics.parquet`` with the contract's columns and types."""
+def read_metrics(path: Path, sha256: str | None = None) -> pa.Table:
+    """Read one ``metrics.parquet`` with the contract's columns and types (and its sha256 when the run.json
+    records one)."""
     if not path.is_file():
         raise DataError(f"{path}: missing next to its run.json; delete the run folder and re-run its job")
+    if sha256 is not None and (not isinstance(sha256, str) or sha256sum(path) != sha256):
+        raise DataError(
+            f"{path}: sha256 differs from the metrics_sha256 in its run.json: the file is corrupt or was "
+            "changed; delete the run folder and re-run its job"
+        )
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
@@ -226,7 +233,7 @@ def aggregate_runs(runs_root: str | Path, expected: Iterable[str] | None = None)
             f"{root}: runs of several scales mixed ({sorted(map(str, scales))}); aggregate one scale at a time"
         )
     run_table = _run_table(runs, paths)
-    metrics = [read_metrics(p.parent / METRICS_FILE) for p in paths]
+    metrics = [read_metrics(p.parent / METRICS_FILE, r.get("metrics_sha256")) for p, r in zip(paths, runs)]
     lengths = np.array([t.num_rows for t in metrics], dtype=np.int64)
     long = pa.concat_tables(metrics).to_pandas()
     long["step"] = long["step"].astype("int64")
