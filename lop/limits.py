@@ -481,3 +481,45 @@ def gunzip_capped(data: bytes, cap: int, where: str) -> bytes:
         while rest[:1] == b"\x00":  # trailing zero padding after the last member
             rest = rest[1:]
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Snakemake --config
+# ---------------------------------------------------------------------------------------------
+
+WORKFLOW_CONFIG_KEYS = ("scale", "from_cache", "device", "params_dir", "figures", "results", "experiments")
+_FLAGS = ("1", "0", "true", "false", "yes", "no", "on", "off")
+
+
+def check_workflow_config(config: Mapping[str, Any]) -> None:
+    """The schema of the pipeline's ``--config`` values (workflow/rules/common.smk): known keys only;
+    ``scale`` one of smoke/demo/paper; ``from_cache`` a boolean word; ``device`` as `check_device`;
+    folders plain paths (no NUL, no newline); ``experiments`` safe names. Raises `ConfigError`."""
+    for key in config:
+        if key not in WORKFLOW_CONFIG_KEYS:
+            raise ConfigError(
+                f"--config {str(key)[:40]}", f"unknown key; known keys are: {', '.join(WORKFLOW_CONFIG_KEYS)}"
+            )
+    scale = config.get("scale", "demo")
+    if scale not in ("smoke", "demo", "paper"):
+        raise ConfigError("--config scale", f"{str(scale)[:40]!r} is not one of smoke, demo, paper")
+    flag = config.get("from_cache", False)
+    if not isinstance(flag, bool) and str(flag).strip().lower() not in _FLAGS:
+        raise ConfigError("--config from_cache", f"{str(flag)[:40]!r} is not true/false (or 1/0, yes/no)")
+    if config.get("device") is not None:
+        check_device(config["device"], "--config device")
+    for key in ("params_dir", "figures", "results"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value or any(c in value for c in "\x00\n\r"):
+            raise ConfigError(f"--config {key}", f"expected a plain path, got {str(value)[:40]!r}")
+    exps = config.get("experiments")
+    if exps is not None:
+        names = exps.split(",") if isinstance(exps, str) else exps
+        if not isinstance(names, list | tuple):
+            raise ConfigError(
+                "--config experiments", "expected names separated by commas, e.g. scr,permuted_mnist"
+            )
+        for name in names:
+            safe_component(name, "--config experiments", "experiment name")
