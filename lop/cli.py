@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import math
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import NoReturn
 
 from lop.allocator import keep_freed_memory
 from lop.errors import ConfigError, LopError
-from lop.limits import load_yaml
+from lop.limits import load_yaml, set_max_runs
 
 
 def _seeds(text: str) -> list[int]:
@@ -48,7 +47,7 @@ def _set_max_runs(args: argparse.Namespace) -> None:
     if value is not None:
         if value <= 0:
             raise ConfigError("--max-runs", f"must be > 0, got {value}")
-        os.environ["LOP_MAX_RUNS"] = str(value)
+        set_max_runs(value)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -256,6 +255,7 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_max_runs(None)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -40,8 +40,20 @@ GZIP_CAP_DEFAULT = 64 * 1024 * 1024  # decompressed bytes of one MNIST idx file 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=,+-]*$")
 
 
+_max_runs_override: int | None = None
+
+
+def set_max_runs(value: int | None) -> None:
+    """Override the cap on runs per scale for this process (``--max-runs``; None = back to the default)."""
+    global _max_runs_override
+    _max_runs_override = value
+
+
 def max_runs() -> int:
-    """The cap on runs per scale of one params file (``LOP_MAX_RUNS`` or `MAX_RUNS_DEFAULT`)."""
+    """The cap on runs per scale of one params file: `set_max_runs`, else ``LOP_MAX_RUNS``, else
+    `MAX_RUNS_DEFAULT`."""
+    if _max_runs_override is not None:
+        return _max_runs_override
     text = os.environ.get("LOP_MAX_RUNS", "")
     if not text:
         return MAX_RUNS_DEFAULT

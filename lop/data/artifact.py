@@ -200,7 +200,7 @@ def load_array(
         a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: unreadable .npy ({e}); {fix}") from e
-    if list(a.shape) != list(entry.get("shape", [])) or a.dtype.name != entry.get("dtype"):
+    if [int(d) for d in a.shape] != entry.get("shape") or a.dtype.name != entry.get("dtype"):
         raise DataError(
             f"{path}: shape/dtype {list(a.shape)} {a.dtype.name} differ from the manifest "
             f"{entry.get('shape')} {entry.get('dtype')}; {fix}"

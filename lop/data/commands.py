@@ -92,6 +92,10 @@ def _verify(args: argparse.Namespace) -> int:
         raise DataError(f"{folder}: not a folder; give a data/prepared/<name> or data/raw/<name> folder")
     if (folder / MANIFEST).is_file():
         m: dict[str, Any] = verify_artifact(folder)
+        if m["dataset"] not in DATASETS:
+            raise DataError(
+                f"{folder / MANIFEST}: unknown dataset {m['dataset']!r}; expected one of {', '.join(DATASETS)}"
+            )
         print(f"ok: prepared {m['dataset']} ({m['source']}), {len(m['files'])} files verified in {folder}")
     else:
         dataset, source = verify_raw(folder)
