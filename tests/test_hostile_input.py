@@ -279,7 +279,9 @@ def dump(data: Any) -> str:
 def text_mutation(draw: st.DrawFn, text: str) -> tuple[bytes, str]:
     """(file bytes, description) of one text-level mutation (or none)."""
     lines = text.splitlines(keepends=True)
-    kind = draw(st.sampled_from(["none", "none", "none", "dup_line", "dup_key", "bytes", "bomb", "truncate", "odd"]))
+    kind = draw(
+        st.sampled_from(["none", "none", "none", "dup_line", "dup_key", "bytes", "bomb", "truncate", "odd"])
+    )
     if kind == "dup_line" and lines:
         i = draw(st.integers(0, len(lines) - 1))
         lines.insert(i, lines[i])
@@ -809,3 +811,23 @@ def test_tampered_checkpoint_is_refused(tmp_path):
     }
     with pytest.raises(CheckpointError, match="shape"):
         _checked_resume_state(state, tmp_path / "c.pt", 40, 2)
+
+
+def test_snakemake_config_is_checked_by_the_schema():
+    from pipeline_helpers import snakemake
+
+    proc = snakemake(REPO, "-n", "figures", "--config", "scale=../../x", check=False, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "invalid configuration: --config scale" in text
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_unsafe_names_are_refused(name, tmp_path):
+    from lop.errors import ConfigError
+    from lop.limits import inside, safe_component
+
+    with pytest.raises(ConfigError):
+        safe_component(name, "where")
+    with pytest.raises(ConfigError, match="outside"):
+        inside(tmp_path / "out", tmp_path / "out" / ".." / "x")
+    assert safe_component("lr=0.01,cbp.replacement_rate=1e-05", "w")
