@@ -446,6 +446,8 @@ def load_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
     Any problem is a `ConfigError` naming the file."""
     path = Path(path)
     where = str(path)
+    if "\x00" in where:
+        raise ConfigError(where.replace("\x00", "\\0"), "the path contains a NUL byte")
     if not path.is_file():
         raise ConfigError(where, f"{what} not found")
     try:

@@ -215,9 +215,7 @@ def _expand_method(
 def load_params(path: str | Path) -> Params:
     """Read and validate a params file; raises `ConfigError` naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), "params file not found")
-    raw = load_yaml(path, "params file")
+    raw = load_yaml(path, "params file")  # "params file not found" when missing
     check_sane_values(raw, f"{path}:")
     where = f"{path}:"
     data = from_dict(ParamsFile, raw, where.rstrip(":") + ":")

@@ -831,3 +831,31 @@ def test_unsafe_names_are_refused(name, tmp_path):
     with pytest.raises(ConfigError, match="outside"):
         inside(tmp_path / "out", tmp_path / "out" / ".." / "x")
     assert safe_component("lr=0.01,cbp.replacement_rate=1e-05", "w")
+
+
+def test_full_disk_leaves_no_finished_run(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[1]) if len(args) > 1 else None)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full)
+    (tmp_path / "run.yaml").write_text(dump(RUN_FILE))
+    out = tmp_path / "out"
+    code, _, err = call("run", "--run-file", str(tmp_path / "run.yaml"), "--out", str(out))
+    check_outcome("faults", code, err, must_fail=True)
+    assert "No space left on device" in err
+    assert not list(out.rglob("run.json")) and not list(out.rglob("metrics.parquet"))
+    assert not [p for p in out.rglob("*") if p.is_file() and p.suffix != ".pt"]
+
+
+def test_nul_in_paths_is_an_error(tmp_path):
+    for args in (
+        ("params", "validate", "a\x00b.yaml"),
+        ("run", "--run-file", "a\x00b", "--out", str(tmp_path)),
+        ("run", "--run-file", "x.yaml", "--out", f"{tmp_path}/o\x00"),
+    ):
+        code, _, err = call(*args)
+        check_outcome("faults", code, err, must_fail=True)
