@@ -307,6 +307,26 @@ def text_mutation(draw: st.DrawFn, text: str) -> tuple[bytes, str]:
     return text.encode(), kind
 
 
+def too_long(problem: Any) -> bool:
+    """A valid SCR problem that would train for minutes (e.g. a deleted ``n_examples`` falls back to
+    the paper's 1,000,000): the run is valid input, so the suite records it without training it."""
+    return getattr(problem, "n_examples", 0) > 20_000 or getattr(problem, "chunk", 1000) < 100
+
+
+def run_file_problem(path: Path) -> Any:
+    """The run file's problem when the file is valid enough to build one, else None."""
+    from lop.config import from_dict
+    from lop.errors import LopError
+    from lop.experiments.scr import SCRProblem
+    from lop.limits import load_yaml
+
+    try:
+        data = load_yaml(path)
+        return from_dict(SCRProblem, data.get("problem", {}), "x") if isinstance(data, dict) else None
+    except (LopError, AttributeError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Params files: `lop params validate` and `lop run --params`
 # ---------------------------------------------------------------------------------------------
@@ -343,6 +363,13 @@ def test_generated_params_files(n):
             check_outcome("lop params validate", code, err)
             if "\x00" in method:
                 return  # argv cannot hold NUL in a real process
+            if code == 0:
+                from lop.params import load_params
+
+                p = load_params(path)
+                if "smoke" in p.problems and too_long(p.problems["smoke"]):
+                    OUTCOMES["lop run --params"]["valid, too long to train here"] += 1
+                    return
             code, _, err = call(
                 "run", "--params", str(path), "--scale", "smoke", f"--method={method}", "--seeds", "0",
                 "--out", str(box.out),
@@ -389,6 +416,10 @@ def test_generated_run_files(n):
         try:
             path = box.box / "run.yaml"
             path.write_bytes(raw)
+            problem = run_file_problem(path)
+            if problem is not None and too_long(problem):
+                OUTCOMES["lop run --run-file"]["valid problem, too long to train here"] += 1
+                return
             code, _, err = call("run", "--run-file", str(path), "--out", str(box.out))
             check_outcome("lop run --run-file", code, err)
             assert not box.escaped(), (notes, box.escaped())
