@@ -80,6 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--method", f"choose one of: {', '.join(params.settings[scale])}")
         seeds = _seeds(args.seeds) if args.seeds is not None else params.seeds(scale)
         problem, runs = select_runs(params, scale, args.method, args.setting_id, seeds)
+        from lop.limits import check_memory, machine_memory_mb
+
+        check_memory(
+            problem, len(runs), machine_memory_mb(), f"{path}:scales.{scale}", "this machine's memory"
+        )
         device_name = args.device or sc.device
         ckpt_minutes = sc.checkpoint_minutes
         models_every = sc.models_every
