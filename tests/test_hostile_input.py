@@ -347,7 +347,9 @@ def params_case(draw: st.DrawFn) -> tuple[bytes, str, list[str]]:
     method = "bp"
     if draw(st.booleans()) and isinstance(data, dict):
         name = draw(st.sampled_from(BAD_NAMES))
-        for holder in [data, *[s for s in (data.get("scales") or {}).values() if isinstance(s, dict)]]:
+        scales = data.get("scales")
+        scales = scales if isinstance(scales, dict) else {}
+        for holder in [data, *[s for s in scales.values() if isinstance(s, dict)]]:
             methods = holder.get("methods") if isinstance(holder, dict) else None
             if isinstance(methods, dict) and "bp" in methods:
                 methods[name] = methods.pop("bp")
