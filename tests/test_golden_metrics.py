@@ -81,46 +81,24 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     "scr/cbp": ("scr", SCR, CBP_ADAPT, None),
     "scr/adam": ("scr", SCR, {"optimizer": "adam", "lr": 1e-3}, None),
     "permuted_digits/bp": ("permuted_mnist", DIGITS, SGD, None),
-    "permuted_digits/cbp": (
-        "permuted_mnist",
-        DIGITS,
-        {**CBP_ADAPT, "cbp": {**CBP_ADAPT["cbp"], "maturity": 50}},
-        None,
-    ),
+    "permuted_digits/cbp": ("permuted_mnist", DIGITS, {**CBP_ADAPT, "cbp": {**CBP_ADAPT["cbp"], "maturity": 50}}, None),
     "continual_imagenet/bp": ("continual_imagenet", IMAGENET, CONV_SGD, "imagenet32"),
     "continual_imagenet/snp": (
-        "continual_imagenet",
-        IMAGENET,
-        {**CONV_SGD, "weight_decay": 1e-3, "noise_std": 1e-3},
-        "imagenet32",
+        "continual_imagenet", IMAGENET, {**CONV_SGD, "weight_decay": 1e-3, "noise_std": 1e-3}, "imagenet32"
     ),
     "continual_imagenet/cbp": ("continual_imagenet", IMAGENET, {**CONV_SGD, "cbp": CONTRIB}, "imagenet32"),
     "incremental_cifar/base": ("incremental_cifar", CIFAR, CIFAR_SGD, "cifar100"),
-    "incremental_cifar/head_reset": (
-        "incremental_cifar",
-        CIFAR,
-        {**CIFAR_SGD, "head_reset": True},
-        "cifar100",
-    ),
+    "incremental_cifar/head_reset": ("incremental_cifar", CIFAR, {**CIFAR_SGD, "head_reset": True}, "cifar100"),
     "incremental_cifar/retrain": ("incremental_cifar", CIFAR, {**CIFAR_SGD, "retrain": True}, "cifar100"),
     "incremental_cifar/cbp": ("incremental_cifar", CIFAR, {**CIFAR_SGD, "cbp": CONTRIB}, "cifar100"),
     "ppo_ant/standard": ("ppo_ant", PPO, ADAM, None),
     "ppo_ant/cbp_l2": (
         "ppo_ant",
         PPO,
-        {
-            **ADAM,
-            "weight_decay": 1e-4,
-            "cbp": {"replacement_rate": 0.01, "maturity": 20, "utility": "contribution"},
-        },
+        {**ADAM, "weight_decay": 1e-4, "cbp": {"replacement_rate": 0.01, "maturity": 20, "utility": "contribution"}},
         None,
     ),
-    "ppo_ant/redo": (
-        "ppo_ant",
-        PPO,
-        {**ADAM, "weight_decay": 1e-4, "redo": {"threshold": 0.1, "every": 1}},
-        None,
-    ),
+    "ppo_ant/redo": ("ppo_ant", PPO, {**ADAM, "weight_decay": 1e-4, "redo": {"threshold": 0.1, "every": 1}}, None),
     "ppo_slippery_ant/standard": ("ppo_slippery_ant", {**PPO, "change_every": 128}, ADAM, None),
 }
 
