@@ -42,7 +42,8 @@ def read_idx(
     """Read a uint8 IDX file (gzip-compressed or plain, detected from the content).
 
     ``magic`` (e.g. `IMAGES_MAGIC`) is checked when given; at most ``max_bytes`` of IDX data are read
-    or decompressed (pass the format's expected size: a gzip bomb stops there). The header's dims must account for exactly the
+    or decompressed (pass the format's expected size: a gzip bomb stops there). The header's dims must
+    account for exactly the
     file's payload size; anything else raises `DataError` naming the file.
     """
     path = Path(path)
