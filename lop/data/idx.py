@@ -43,8 +43,7 @@ def read_idx(
 
     ``magic`` (e.g. `IMAGES_MAGIC`) is checked when given; at most ``max_bytes`` of IDX data are read
     or decompressed (pass the format's expected size: a gzip bomb stops there). The header's dims must
-    account for exactly the
-    file's payload size; anything else raises `DataError` naming the file.
+    account for exactly the file's payload size; anything else raises `DataError` naming the file.
     """
     path = Path(path)
     data = _read_bytes(path, max_bytes)
