@@ -5,39 +5,60 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
-
-import yaml
+from typing import NoReturn
 
 from lop.allocator import keep_freed_memory
 from lop.errors import ConfigError, LopError
+from lop.limits import load_yaml, set_max_runs
 
 
 def _seeds(text: str) -> list[int]:
-    """'0,1,2' or '0-9' or '0-4,7' -> list of ints."""
-    out: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += list(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise ConfigError("--seeds", f"cannot read {part!r}; use e.g. 0,1,2 or 0-9") from None
-    if any(s < 0 for s in out):
-        raise ConfigError("--seeds", "seeds must be non-negative")
-    return out
+    """'0,1,2' or '0-9' or '0-4,7' -> distinct seeds in [0, 2**63), counted before ranges expand."""
+    from lop.limits import parse_seeds
+
+    return parse_seeds(text, "--seeds")
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Type and range checks of `lop run`'s numeric and path arguments, before anything is loaded."""
+    from lop.limits import check_out_dir
+
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ConfigError("--checkpoint-every", f"must be >= 1 unit, got {args.checkpoint_every}")
+    cm = args.checkpoint_minutes
+    if cm is not None and not (math.isfinite(cm) and cm > 0):
+        raise ConfigError("--checkpoint-minutes", f"must be a finite number > 0, got {cm}")
+    if args.models_every is not None and args.models_every < 1:
+        raise ConfigError("--models-every", f"must be >= 1 unit, got {args.models_every}")
+    if args.threads is not None and not 0 < args.threads <= 1024:
+        raise ConfigError("--threads", f"must be within 1..1024, got {args.threads}")
+    check_out_dir(args.out, "--out")
+    if args.models_dir:
+        check_out_dir(args.models_dir, "--models-dir")
+
+
+def _set_max_runs(args: argparse.Namespace) -> None:
+    """``--max-runs N`` overrides the cap on runs per scale (`lop.limits.max_runs`)."""
+    value = getattr(args, "max_runs", None)
+    if value is not None:
+        if value <= 0:
+            raise ConfigError("--max-runs", f"must be > 0, got {value}")
+        set_max_runs(value)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from lop.experiments.base import RunSpec
+    from lop.limits import check_device
     from lop.runner import resolve_device, run_group
 
+    _check_run_args(args)
+    _set_max_runs(args)
+    if args.device is not None:
+        check_device(args.device, "--device")
     if args.run_file:
         runs, spec, problem, scale = _runs_from_run_file(Path(args.run_file), args.seeds)
         device_name = args.device or "auto"
@@ -59,6 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--method", f"choose one of: {', '.join(params.settings[scale])}")
         seeds = _seeds(args.seeds) if args.seeds is not None else params.seeds(scale)
         problem, runs = select_runs(params, scale, args.method, args.setting_id, seeds)
+        from lop.limits import check_memory, machine_memory_mb
+
+        check_memory(
+            problem, len(runs), machine_memory_mb(), f"{path}:scales.{scale}", "this machine's memory"
+        )
         device_name = args.device or sc.device
         ckpt_minutes = sc.checkpoint_minutes
         models_every = sc.models_every
@@ -70,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    device = resolve_device(device_name)
+    device_where = "--device" if args.device else f"{args.run_file or args.params}:device"
+    device = resolve_device(check_device(device_name, device_where))
     out = Path(args.out)
     run_group(
         spec,
@@ -92,14 +119,17 @@ def _runs_from_run_file(path: Path, seeds_arg: str | None):
     """A run file: {experiment, scale?, problem: {...}, method: name, config: {MethodConfig}, seeds: [...]}."""
     from lop.config import MethodConfig, from_dict
     from lop.experiments.base import RunSpec, check_supported, get_experiment
+    from lop.limits import (
+        check_memory,
+        check_sane_values,
+        check_seeds,
+        machine_memory_mb,
+        safe_component,
+    )
     from lop.params import setting_id
 
-    if not path.is_file():
-        raise ConfigError(str(path), "run file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    raw = load_yaml(path, "run file")
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "expected a mapping")
     allowed = {"experiment", "scale", "problem", "method", "config", "seeds"}
@@ -108,21 +138,31 @@ def _runs_from_run_file(path: Path, seeds_arg: str | None):
             raise ConfigError(f"{path}:{key}", f"unknown key; known keys are: {', '.join(sorted(allowed))}")
     if "experiment" not in raw:
         raise ConfigError(f"{path}:experiment", "missing")
-    spec = get_experiment(str(raw["experiment"]))
+    check_sane_values(raw, f"{path}:")
+    if not isinstance(raw["experiment"], str):
+        raise ConfigError(f"{path}:experiment", f"expected an experiment name, got {raw['experiment']!r}")
+    try:
+        spec = get_experiment(raw["experiment"])
+    except ConfigError as e:
+        raise ConfigError(f"{path}:experiment", str(e).split(": ", 1)[-1]) from None
     problem = from_dict(spec.problem_cls, raw.get("problem", {}), f"{path}:problem")
     cfg = from_dict(MethodConfig, raw.get("config", {}), f"{path}:config")
     check_supported(spec, cfg, f"{path}:config")
-    seeds = _seeds(seeds_arg) if seeds_arg is not None else raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"{path}:seeds", "must be a non-empty list of non-negative integers")
-    method = str(raw.get("method", "custom"))
+    if seeds_arg is not None:
+        seeds = _seeds(seeds_arg)
+    else:
+        seeds = check_seeds(raw.get("seeds", [0]), f"{path}:seeds")
+    method = safe_component(raw.get("method", "custom"), f"{path}:method", "method name")
+    scale = safe_component(raw.get("scale", "custom"), f"{path}:scale", "scale name")
+    check_memory(problem, len(seeds), machine_memory_mb(), f"{path}:problem", "this machine's memory")
     runs = [RunSpec(method, setting_id({}), {}, cfg, s) for s in seeds]
-    return runs, spec, problem, str(raw.get("scale", "custom"))
+    return runs, spec, problem, scale
 
 
 def cmd_params_validate(args: argparse.Namespace) -> int:
     from lop.params import expand_jobs, load_params, n_runs
 
+    _set_max_runs(args)
     for f in args.files:
         if Path(f).name == "figures.yaml":
             from lop.analysis.registry import load_registry
@@ -138,6 +178,7 @@ def cmd_params_validate(args: argparse.Namespace) -> int:
 def cmd_params_jobs(args: argparse.Namespace) -> int:
     from lop.params import expand_jobs, load_params
 
+    _set_max_runs(args)
     jobs = expand_jobs(load_params(args.file), args.scale)
     print(json.dumps([asdict(j) for j in jobs], indent=2))
     return 0
@@ -151,8 +192,15 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one ``error:`` line (exit code 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {_one_line(message)}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lop", description=__doc__)
+    parser = _Parser(prog="lop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a group of runs (one job) and write per-run results")
@@ -178,16 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="snapshot every N units (default: the scale's models_every; run files: 1)",
     )
+    run.add_argument("--max-runs", type=int, help="cap on runs per scale of a params file (default 100000)")
     run.set_defaults(func=cmd_run)
 
     params = sub.add_parser("params", help="validate params files and list their jobs")
     psub = params.add_subparsers(dest="params_command", required=True)
     val = psub.add_parser("validate", help="validate params files")
     val.add_argument("files", nargs="+")
+    val.add_argument("--max-runs", type=int, help="cap on runs per scale (default 100000)")
     val.set_defaults(func=cmd_params_validate)
     jobs = psub.add_parser("jobs", help="print the training jobs of a scale as JSON")
     jobs.add_argument("file")
     jobs.add_argument("--scale", default="demo")
+    jobs.add_argument("--max-runs", type=int, help="cap on runs per scale (default 100000)")
     jobs.set_defaults(func=cmd_params_jobs)
 
     exps = sub.add_parser("experiments", help="list the experiments")
@@ -204,13 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """An error message on one line (embedded newlines from YAML or OS messages are folded)."""
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    set_max_runs(None)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LopError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only folder, full disk, a path that is a file, ...
+        where = e.filename or "output"
+        print(f"error: {where}: {e.strerror or e}; check the path and free space", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("error: input nested too deeply; simplify the file", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; reduce the sizes, runs per job or seeds", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

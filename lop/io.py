@@ -29,6 +29,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # full disk, read-only folder, ...: name the file the user asked for
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None or str(e.filename) == tmp:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -32,13 +32,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
 from lop.errors import ConfigError
 from lop.experiments.base import RunSpec, check_supported, get_experiment
+from lop.limits import (
+    check_memory,
+    check_run_count,
+    check_sane_values,
+    check_seed_range,
+    check_seeds,
+    grid_size,
+    load_yaml,
+    safe_component,
+)
 
 SCALES = ("smoke", "demo", "paper")
+GPU_MEMORY_MB = 141 * 1024  # the largest GPU a job may get (memory pre-flight of GPU jobs)
 _SAFE = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
 
 
@@ -206,6 +215,7 @@ def _expand_method(
         problem = from_dict(problem_cls, prob, f"{where}[{sid}].problem")
         if not _SAFE.match(sid):
             raise ConfigError(f"{where}.grid", f"setting id {sid!r} is not filesystem-safe")
+        safe_component(sid, f"{where}.grid", "setting id")
         out.append(Setting(name, sid, values, config, problem))
     ids = [s.setting_id for s in out]
     if len(set(ids)) != len(ids):
@@ -226,15 +236,6 @@ def merge_patch(base: Any, patch: Any) -> Any:
     return out
 
 
-def _read_yaml(path: Path, where: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(where, f"file {path} not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from e
-
-
 def _resolve_methods(path: Path, raw: Any) -> tuple[Any, list[Path]]:
     """Raw params data with presets merged and each scale's ``only``/``patch`` applied: returns the data
     with every scale's resolved ``methods`` (raw) under ``_methods`` and the files read."""
@@ -252,7 +253,7 @@ def _resolve_methods(path: Path, raw: Any) -> tuple[Any, list[Path]]:
                 f"{path}:presets", "expected a path relative to the params folder, e.g. presets/ppo.yaml"
             )
         ppath = path.parent / preset
-        pdata = _read_yaml(ppath, f"{path}:presets")
+        pdata = load_yaml(ppath, "presets file")
         if (
             not isinstance(pdata, Mapping)
             or set(pdata) != {"methods"}
@@ -308,12 +309,8 @@ def _resolve_methods(path: Path, raw: Any) -> tuple[Any, list[Path]]:
 def load_params(path: str | Path) -> Params:
     """Read and validate a params file; raises `ConfigError` naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), "params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    raw = load_yaml(path, "params file")  # "params file not found" when missing
+    check_sane_values(raw, f"{path}:")
     raw, sources = _resolve_methods(path, raw)
     scale_methods = raw.pop("_methods", {}) if isinstance(raw, dict) else {}
     where = f"{path}:"
@@ -327,6 +324,10 @@ def load_params(path: str | Path) -> Params:
     for scale_name, scale in data.scales.items():
         sw = f"{path}:scales.{scale_name}"
         problems[scale_name] = from_dict(spec.problem_cls, scale.problem, f"{sw}.problem")
+        if isinstance(scale.seeds, SeedRange):
+            check_seed_range(scale.seeds.start, scale.seeds.count, f"{sw}.seeds")
+        else:
+            check_seeds(scale.seeds, f"{sw}.seeds")
         seeds = (
             list(range(scale.seeds.start, scale.seeds.start + scale.seeds.count))
             if isinstance(scale.seeds, SeedRange)
@@ -346,6 +347,10 @@ def load_params(path: str | Path) -> Params:
         if not methods:
             raise ConfigError(f"{sw}.only", "no methods for this scale")
         settings[scale_name] = {}
+        for mname in methods:
+            safe_component(mname, f"{path}:methods.{str(mname)[:60]}", "method name")
+        n_settings = sum(grid_size(_raw_grid(m), f"{path}:methods.{n}") for n, m in methods.items())
+        check_run_count(n_settings, len(seeds), sw)
         for mname, mraw in methods.items():
             if not _SAFE.match(mname):
                 raise ConfigError(
@@ -354,7 +359,14 @@ def load_params(path: str | Path) -> Params:
             settings[scale_name][mname] = _expand_scale_method(
                 path, sw, mname, mraw, scale.patch.get(mname), spec, scale.problem
             )
+        _check_job_memory(scale, scale.resources or data.resources, settings[scale_name], len(seeds), sw)
     return Params(path, data, problems, settings, sources)
+
+
+def _raw_grid(method: Any) -> Mapping[str, Any]:
+    """The grid mapping of a raw method preset ({} when absent or malformed: `from_dict` reports it)."""
+    grid = method.get("grid") if isinstance(method, Mapping) else None
+    return grid if isinstance(grid, Mapping) else {}
 
 
 def _keys(tree: Any) -> set[str]:
@@ -383,6 +395,19 @@ def _expand_scale_method(
             if key and key not in _keys(patch):
                 raise ConfigError(defined + rest, str(e).removeprefix(f"{e.where}: ")) from None
         raise
+
+
+def _check_job_memory(
+    scale: ScaleSpec, res: Resources, methods: dict[str, list[Setting]], n_seeds: int, where: str
+) -> None:
+    """Pre-flight: the networks of one job must fit in its ``mem_mb`` (GPU jobs: in the largest GPU)."""
+    runs_per_seed_chunk = min(scale.seeds_per_job, n_seeds)
+    limit = res.mem_mb if res.gpu == 0 else max(res.mem_mb, GPU_MEMORY_MB)
+    what = "the job's resources.mem_mb" if res.gpu == 0 else "one GPU"
+    for mname, method_settings in methods.items():
+        packed = len(method_settings) if scale.pack_settings else 1
+        for s in method_settings:
+            check_memory(s.problem, runs_per_seed_chunk * packed, limit, f"{where}.methods.{mname}", what)
 
 
 def get_experiment_checked(name: str, where: str):

@@ -23,15 +23,26 @@ import pandas as pd
 import torch
 
 from lop.config import to_dict
-from lop.errors import CheckpointError
+from lop.errors import CheckpointError, ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable, check_supported
 from lop.io import atomic_write, device_description, git_commit, load_checkpoint, save_checkpoint, versions
+from lop.limits import SEED_LIMIT, inside, safe_component
 
 CHECKPOINT_FORMAT = 1
 
 
 def run_dir(out: Path, run: RunSpec) -> Path:
     return Path(out) / run.method / run.setting_id / f"seed-{run.seed}"
+
+
+def _checked_run_dir(out: Path, run: RunSpec, where: str) -> Path:
+    """`run_dir` after checking that the method and setting id are safe path components and that the
+    folder resolves inside `out` (nothing is ever written outside the output folder)."""
+    safe_component(run.method, f"{where}: method", "method name")
+    safe_component(run.setting_id, f"{where}: setting id", "setting id")
+    if isinstance(run.seed, bool) or not isinstance(run.seed, int) or not 0 <= run.seed < SEED_LIMIT:
+        raise ConfigError(f"{where}: seed", f"seed {run.seed!r} is not an integer in [0, 2**63)")
+    return inside(out, run_dir(out, run), where)
 
 
 def resolved_config(spec: ExperimentSpec, scale: str, problem: Any, run: RunSpec) -> dict[str, Any]:
@@ -118,6 +129,48 @@ def _is_complete(path: Path, config: dict[str, Any]) -> bool:
     return data.get("status") in ("complete", "diverged") and data.get("config") == config
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checked_resume_state(
+    state: dict[str, Any], path: Path, n_units: int, n_runs: int
+) -> tuple[int, float, str]:
+    """(unit, elapsed, started) of a checkpoint whose contents fit this run group: the unit within
+    [1, n_units), finite elapsed time, and metric blocks of matching shapes (steps [T], values [runs, T]);
+    a tampered or foreign checkpoint is a `CheckpointError`, never a silent resume."""
+    fix = "delete it to restart the runs"
+    unit, elapsed, started = state.get("unit"), state.get("elapsed"), state.get("started")
+    if isinstance(unit, bool) or not isinstance(unit, int) or not 0 < unit < n_units:
+        raise CheckpointError(f"{path}: unit {unit!r} is outside 1..{n_units - 1}; {fix}")
+    if isinstance(elapsed, bool) or not isinstance(elapsed, int | float) or not 0 <= elapsed < 1e12:
+        raise CheckpointError(f"{path}: elapsed time {elapsed!r} is not a duration; {fix}")
+    if not isinstance(started, str):
+        raise CheckpointError(f"{path}: 'started' is not a timestamp; {fix}")
+    blocks = state.get("metrics")
+    if not isinstance(blocks, dict):
+        raise CheckpointError(f"{path}: no metrics; {fix}")
+    for name, block in blocks.items():
+        steps = block.get("steps") if isinstance(block, dict) else None
+        values = block.get("values") if isinstance(block, dict) else None
+        ok = (
+            isinstance(steps, torch.Tensor)
+            and isinstance(values, torch.Tensor)
+            and steps.dim() == 1
+            and values.dim() == 2
+            and values.shape == (n_runs, steps.shape[0])
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{path}: metric {str(name)[:40]!r} has the wrong shape for {n_runs} runs; {fix}"
+            )
+    return unit, float(elapsed), started
+
+
 def run_group(
     spec: ExperimentSpec,
     problem: Any,
@@ -140,7 +193,10 @@ def run_group(
     """
     out = Path(out)
     configs = [resolved_config(spec, scale, problem, r) for r in runs]
-    dirs = [run_dir(out, r) for r in runs]
+    dirs = [_checked_run_dir(out, r, "--out") for r in runs]
+    if models_dir is not None:
+        for r in runs:
+            _checked_run_dir(Path(models_dir), r, "--models-dir")
     if all(_is_complete(d, c) for d, c in zip(dirs, configs)):
         print(f"[lop] all {len(runs)} runs already complete in {out}", file=sys.stderr)
         return dirs
@@ -153,6 +209,7 @@ def run_group(
     trainer = spec.build(problem, runs, device)
     metrics: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     unit, elapsed = 0, 0.0
+    resumed_from: int | None = None
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         if state.get("group_hash") != ghash or state.get("format") != CHECKPOINT_FORMAT:
@@ -161,9 +218,10 @@ def run_group(
             trainer.load_state_dict(state["trainer"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{ckpt_path}: does not match this run group ({e}); delete it") from e
-        unit, elapsed, started = int(state["unit"]), float(state["elapsed"]), str(state["started"])
+        unit, elapsed, started = _checked_resume_state(state, ckpt_path, trainer.n_units, len(runs))
         for name, block in state["metrics"].items():
             metrics[name] = [(block["steps"], block["values"])]
+        resumed_from = unit
         print(f"[lop] resumed from {ckpt_path} at {trainer.unit_name} {unit}", file=sys.stderr)
 
     crash_after = int(os.environ.get("LOP_CRASH_AFTER_UNIT", "-1"))  # test hook: SIGKILL after unit
@@ -222,6 +280,7 @@ def run_group(
         "wall_time_s": round(wall, 3),
         "group_size": len(runs),
         "group_hash": ghash,
+        "resumed_from_unit": resumed_from,
         "started": started,
         "finished": finished,
     }
@@ -239,6 +298,7 @@ def run_group(
         df["metric"] = df["metric"].astype(str)
         atomic_write(path / "metrics.parquet", lambda p, df=df: df.to_parquet(p, index=False))
         record = {
+            "metrics_sha256": _sha256(path / "metrics.parquet"),
             "status": "diverged" if diverged[k] >= 0 else "complete",
             "diverged_at": diverged[k] if diverged[k] >= 0 else None,
             "experiment": spec.name,

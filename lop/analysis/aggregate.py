@@ -27,8 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lop.data.artifact import read_json
-from lop.errors import DataError
+from lop.data.download import sha256sum
+from lop.errors import ConfigError, DataError
 from lop.io import atomic_write
+from lop.limits import SEED_LIMIT, check_out_dir, safe_component
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.parquet"
@@ -68,13 +70,63 @@ def read_run(run_json: Path) -> dict[str, Any]:
         raise DataError(f"{run_json}: status {run['status']!r} is not one of {', '.join(STATUSES)}")
     if not isinstance(run.get("stand_in", False), bool):
         raise DataError(f"{run_json}: 'stand_in' must be true or false, got {run['stand_in']!r}")
+    check_run_record(run, run_json)
     return run
 
 
-def read_metrics(path: Path) -> pa.Table:
-    """Read one ``metrics.parquet`` with the contract's columns and types."""
+def check_run_record(run: Mapping[str, Any], run_json: Path) -> None:
+    """The run schema: types and ranges of the run-level keys, ``diverged_at`` consistent with
+    ``status``, the config agreeing with the run, and the folder ``<method>/<setting_id>/seed-<seed>``
+    agreeing with the run.json it holds. Raises `DataError` naming the file."""
+    bad = f"{run_json}: "
+    fix = "; not a run.json written by `lop run` for this folder: delete the run folder and re-run its job"
+    for key in ("method", "setting_id"):
+        value = run[key]
+        try:
+            safe_component(value, key, key)
+        except ConfigError as e:
+            raise DataError(f"{bad}{e}{fix}") from None
+    for key in ("experiment", "scale"):
+        if key in run and not isinstance(run[key], str):
+            raise DataError(f"{bad}'{key}' must be a string, got {str(run[key])[:40]!r}{fix}")
+    seed = run["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise DataError(f"{bad}'seed' must be an integer in [0, 2**63), got {str(seed)[:40]!r}{fix}")
+    div = run.get("diverged_at")
+    if div is not None and (isinstance(div, bool) or not isinstance(div, int) or not 0 <= div < SEED_LIMIT):
+        raise DataError(f"{bad}'diverged_at' must be null or a step >= 0, got {str(div)[:40]!r}{fix}")
+    if (div is not None) != (run["status"] == "diverged"):
+        raise DataError(f"{bad}status {run['status']!r} disagrees with diverged_at {div!r}{fix}")
+    config = run.get("config")
+    if config is not None:
+        if not isinstance(config, Mapping):
+            raise DataError(f"{bad}'config' must be an object{fix}")
+        for ck, rk in (
+            ("method_name", "method"),
+            ("setting_id", "setting_id"),
+            ("seed", "seed"),
+            ("experiment", "experiment"),
+            ("scale", "scale"),
+        ):
+            if ck in config and rk in run and config[ck] != run[rk]:
+                raise DataError(f"{bad}config.{ck} {config[ck]!r} disagrees with {rk} {run[rk]!r}{fix}")
+    parts = run_json.parts
+    if len(parts) >= 4 and parts[-2].startswith("seed-"):
+        want = (run["method"], run["setting_id"], f"seed-{seed}")
+        if tuple(parts[-4:-1]) != want:
+            raise DataError(f"{bad}describes run {'/'.join(want)} but lies in {'/'.join(parts[-4:-1])}{fix}")
+
+
+def read_metrics(path: Path, sha256: str | None = None) -> pa.Table:
+    """Read one ``metrics.parquet`` with the contract's columns and types (and its sha256 when the run.json
+    records one)."""
     if not path.is_file():
         raise DataError(f"{path}: missing next to its run.json; delete the run folder and re-run its job")
+    if sha256 is not None and (not isinstance(sha256, str) or sha256sum(path) != sha256):
+        raise DataError(
+            f"{path}: sha256 differs from the metrics_sha256 in its run.json: the file is corrupt or was "
+            "changed; delete the run folder and re-run its job"
+        )
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
@@ -175,8 +227,13 @@ def aggregate_runs(runs_root: str | Path, expected: Iterable[str] | None = None)
     experiments = {r.get("experiment") for r in runs}
     if len(experiments) > 1:
         raise DataError(f"{root}: runs of several experiments mixed ({sorted(map(str, experiments))})")
+    scales = {r.get("scale") for r in runs}
+    if len(scales) > 1:
+        raise DataError(
+            f"{root}: runs of several scales mixed ({sorted(map(str, scales))}); aggregate one scale at a time"
+        )
     run_table = _run_table(runs, paths)
-    metrics = [read_metrics(p.parent / METRICS_FILE) for p in paths]
+    metrics = [read_metrics(p.parent / METRICS_FILE, r.get("metrics_sha256")) for p, r in zip(paths, runs)]
     lengths = np.array([t.num_rows for t in metrics], dtype=np.int64)
     long = pa.concat_tables(metrics).to_pandas()
     long["step"] = long["step"].astype("int64")
@@ -191,6 +248,9 @@ def aggregate_runs(runs_root: str | Path, expected: Iterable[str] | None = None)
 def write_aggregate(table: pd.DataFrame, out: str | Path) -> Path:
     """Write the aggregate atomically (temp file + ``os.replace``); same table -> same bytes."""
     out = Path(out)
+    if out.is_dir():
+        raise ConfigError(str(out), "is a folder; give the aggregate's file name, e.g. results/agg/x.parquet")
+    check_out_dir(out.parent, str(out))
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     atomic_write(out, lambda tmp: pq.write_table(arrow, tmp, compression="zstd"))
     return out

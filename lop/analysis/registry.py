@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from lop.config import check, from_dict, to_dict
 from lop.errors import ConfigError
+from lop.limits import load_yaml
 
 DEFAULT_REGISTRY = Path("params/figures.yaml")
 
@@ -151,12 +150,7 @@ class Registry:
 def load_registry(path: str | Path = DEFAULT_REGISTRY) -> Registry:
     """Read and validate the figure registry; raises `ConfigError` naming file and key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(str(path), "figure registry not found") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"not valid YAML ({e})") from e
+    data = load_yaml(path, "figure registry")
     try:
         registry = from_dict(Registry, data)
     except ConfigError as e:

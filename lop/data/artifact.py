@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from lop.data.download import default_mode, sha256sum
 from lop.errors import DataError
 
 MANIFEST = "manifest.json"
+_NPY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 FORMAT_VERSION = 1
 SOURCES = ("official", "standin", "image-folder")
 
@@ -172,10 +174,19 @@ def load_array(
     fix: str,
 ) -> np.ndarray:
     """Load one listed ``.npy`` (no pickle), checking sha256 (when ``verify``), shape and dtype."""
+    if not isinstance(name, str) or not _NPY_NAME.match(name):
+        raise DataError(
+            f"{prepared_dir / MANIFEST}: file name {str(name)[:60]!r} is not a plain .npy name; {fix}"
+        )
     path = prepared_dir / name
     entry = manifest["files"].get(name)
     if entry is None:
         raise DataError(f"{prepared_dir / MANIFEST}: does not list {name}; {fix}")
+    if not isinstance(entry, dict):
+        raise DataError(
+            f"{prepared_dir / MANIFEST}: entry of {name} must be an object with sha256, shape and dtype, "
+            f"got {str(entry)[:60]!r}; {fix}"
+        )
     if not path.is_file():
         raise DataError(f"{path}: missing from the prepared artifact; {fix}")
     if verify:
@@ -189,7 +200,7 @@ def load_array(
         a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path}: unreadable .npy ({e}); {fix}") from e
-    if list(a.shape) != list(entry.get("shape", [])) or a.dtype.name != entry.get("dtype"):
+    if [int(d) for d in a.shape] != entry.get("shape") or a.dtype.name != entry.get("dtype"):
         raise DataError(
             f"{path}: shape/dtype {list(a.shape)} {a.dtype.name} differ from the manifest "
             f"{entry.get('shape')} {entry.get('dtype')}; {fix}"
@@ -217,10 +228,42 @@ def verify_artifact(prepared_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(m.get("files"), dict) or not isinstance(m.get("dataset"), str):
         raise DataError(f"{path}: malformed manifest (needs 'dataset' and 'files')")
     manifest_stand_in(m, path)
+    if not _NPY_NAME.match(m["dataset"]):
+        raise DataError(f"{path}: dataset name {m['dataset'][:60]!r} is not a plain name")
     fix = f"re-run `{prepare_command(m['dataset'], prepared_dir)}`"
-    for name in m["files"]:
-        load_array(prepared_dir, m, name, verify=True, mmap=True, fix=fix)
+    if not m["files"]:
+        raise DataError(f"{path}: lists no files; an empty artifact is not valid data; {fix}")
+    arrays = {name: load_array(prepared_dir, m, name, verify=True, mmap=True, fix=fix) for name in m["files"]}
+    _check_consistency(path, m, arrays, fix)
     return m
+
+
+def _check_consistency(path: Path, m: dict[str, Any], arrays: dict[str, np.ndarray], fix: str) -> None:
+    """Images and labels of one split agree in count; labels lie in ``[0, n_classes)`` when the manifest
+    records ``n_classes``."""
+    n_classes = m.get("n_classes")
+    if n_classes is not None and (
+        isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1
+    ):
+        raise DataError(f"{path}: n_classes must be a positive integer, got {n_classes!r}; {fix}")
+    for name, labels in arrays.items():
+        if not name.endswith("_labels.npy"):
+            continue
+        images = arrays.get(name.removesuffix("_labels.npy") + "_images.npy")
+        if labels.ndim != 1:
+            raise DataError(
+                f"{path.parent / name}: labels must be one-dimensional, got {list(labels.shape)}; {fix}"
+            )
+        if images is not None and (images.ndim == 0 or images.shape[0] != labels.shape[0]):
+            raise DataError(
+                f"{path.parent / name}: {labels.shape[0]} labels but {images.shape[0] if images.ndim else 0} "
+                f"images in the same split; {fix}"
+            )
+        if n_classes is not None and labels.size:
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= n_classes:
+                bad = lo if lo < 0 else hi
+                raise DataError(f"{path.parent / name}: label {bad} outside 0..{n_classes - 1}; {fix}")
 
 
 def default_raw_dir(prepared_dir: str | os.PathLike[str], dataset: str) -> Path:

@@ -75,9 +75,11 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
     """Identify and md5-check a raw folder; return ``(dataset, source)``."""
     for dataset, files in RAW_FILES.items():
         if all((raw_dir / name).is_file() for name in files):
-            source, _, _ = identify_raw(
+            source, standin, _ = identify_raw(
                 raw_dir, files, dataset, missing="", fix=f"delete it and fetch or regenerate {dataset}"
             )
+            if dataset == "mnist":  # md5s alone trust standin.json; check the content too
+                mnist.read_raw_arrays(raw_dir, *mnist.split_sizes(raw_dir, standin))
             return dataset, source
     raise DataError(
         f"{raw_dir}: neither a prepared artifact ({MANIFEST}) nor a raw folder of mnist/cifar100/imagenet32 files"
@@ -86,8 +88,14 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
 
 def _verify(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder; give a data/prepared/<name> or data/raw/<name> folder")
     if (folder / MANIFEST).is_file():
         m: dict[str, Any] = verify_artifact(folder)
+        if m["dataset"] not in DATASETS:
+            raise DataError(
+                f"{folder / MANIFEST}: unknown dataset {m['dataset']!r}; expected one of {', '.join(DATASETS)}"
+            )
         print(f"ok: prepared {m['dataset']} ({m['source']}), {len(m['files'])} files verified in {folder}")
     else:
         dataset, source = verify_raw(folder)

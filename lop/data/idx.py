@@ -6,13 +6,13 @@ import gzip
 import math
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from lop.data.artifact import atomic_file
 from lop.errors import DataError
+from lop.limits import GZIP_CAP_DEFAULT, gunzip_capped
 
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dims [n, rows, cols]
 LABELS_MAGIC = 0x00000801  # uint8, 1 dim [n]
@@ -20,26 +20,33 @@ UINT8_TYPE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    """The file's IDX bytes (gunzipped when compressed), refusing more than `max_bytes` of them: the
+    plain file is size-checked before reading and gzip is decompressed in a stream that stops at the cap."""
     if not path.is_file():
         raise DataError(f"{path}: IDX file not found")
+    size = path.stat().st_size
+    if size > max_bytes + 4096 + max_bytes // 64:  # gzip of incompressible data is slightly larger
+        raise DataError(
+            f"{path}: {size} bytes, more than the {max_bytes} this IDX file may hold; wrong file?"
+        )
     raw = path.read_bytes()
     if raw[:2] != GZIP_MAGIC:
         return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip ({e}); download the file again") from e
+    return gunzip_capped(raw, max_bytes, str(path))
 
 
-def read_idx(path: str | os.PathLike[str], *, magic: int | None = None) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike[str], *, magic: int | None = None, max_bytes: int = GZIP_CAP_DEFAULT
+) -> np.ndarray:
     """Read a uint8 IDX file (gzip-compressed or plain, detected from the content).
 
-    ``magic`` (e.g. `IMAGES_MAGIC`) is checked when given. The header's dims must account for exactly the
-    file's payload size; anything else raises `DataError` naming the file.
+    ``magic`` (e.g. `IMAGES_MAGIC`) is checked when given; at most ``max_bytes`` of IDX data are read
+    or decompressed (pass the format's expected size: a gzip bomb stops there). The header's dims must
+    account for exactly the file's payload size; anything else raises `DataError` naming the file.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, max_bytes)
     if len(data) < 4:
         raise DataError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
     (found,) = struct.unpack(">I", data[:4])

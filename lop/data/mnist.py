@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from lop.data.artifact import (
 )
 from lop.data.download import download
 from lop.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from lop.data.raw import identify_raw
+from lop.data.raw import STANDIN_JSON, identify_raw
 from lop.errors import DataError
 
 DATASET = "mnist"
@@ -75,6 +76,43 @@ def _missing(raw_dir: Path) -> str:
     )
 
 
+def split_sizes(raw_dir: Path, standin: dict[str, Any] | None) -> tuple[int, int]:
+    """(n_train, n_test): the official sizes, or the stand-in's (positive integers, checked)."""
+    if standin is None:
+        return N_TRAIN, N_TEST
+    sizes = []
+    for key in ("n_train", "n_test"):
+        n = standin.get(key)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 10 * N_TRAIN:
+            raise DataError(
+                f"{raw_dir / STANDIN_JSON}: {key} must be an integer in 1..{10 * N_TRAIN}, got {n!r}"
+            )
+        sizes.append(n)
+    return sizes[0], sizes[1]
+
+
+def read_raw_arrays(raw_dir: Path, n_train: int, n_test: int) -> dict[str, np.ndarray]:
+    """Read and check the four IDX files: magic numbers, dims against the expected counts (the read is
+    capped at the expected size, so a gzip bomb stops there), 28x28 images, labels in 0..9."""
+    arrays = {}
+    for split, (img_name, lab_name, n) in {
+        "train": (TRAIN_IMAGES, TRAIN_LABELS, n_train),
+        "test": (TEST_IMAGES, TEST_LABELS, n_test),
+    }.items():
+        x = read_idx(raw_dir / img_name, magic=IMAGES_MAGIC, max_bytes=16 + n * 28 * 28)
+        y = read_idx(raw_dir / lab_name, magic=LABELS_MAGIC, max_bytes=8 + n)
+        if x.shape != (n, 28, 28):
+            raise DataError(
+                f"{raw_dir / img_name}: images have shape {list(x.shape)}, expected [{n}, 28, 28]"
+            )
+        if y.shape != (n,):
+            raise DataError(f"{raw_dir / lab_name}: labels have shape {list(y.shape)}, expected [{n}]")
+        if y.max(initial=0) >= N_CLASSES:
+            raise DataError(f"{raw_dir / lab_name}: label {int(y.max())} out of range 0..9")
+        arrays[f"{split}_images.npy"], arrays[f"{split}_labels.npy"] = x, y
+    return arrays
+
+
 def prepare_mnist(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Verify the raw IDX files (official md5s or ``standin.json``) and write the prepared artifact."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -85,24 +123,8 @@ def prepare_mnist(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[st
         missing=_missing(raw_dir),
         fix=f"delete it and run `lop data download mnist --raw {raw_dir}`",
     )
-    n_train = N_TRAIN if standin is None else int(standin["n_train"])
-    n_test = N_TEST if standin is None else int(standin["n_test"])
-    arrays = {}
-    for split, (img_name, lab_name, n) in {
-        "train": (TRAIN_IMAGES, TRAIN_LABELS, n_train),
-        "test": (TEST_IMAGES, TEST_LABELS, n_test),
-    }.items():
-        x = read_idx(raw_dir / img_name, magic=IMAGES_MAGIC)
-        y = read_idx(raw_dir / lab_name, magic=LABELS_MAGIC)
-        if x.shape != (n, 28, 28):
-            raise DataError(
-                f"{raw_dir / img_name}: images have shape {list(x.shape)}, expected [{n}, 28, 28]"
-            )
-        if y.shape != (n,):
-            raise DataError(f"{raw_dir / lab_name}: labels have shape {list(y.shape)}, expected [{n}]")
-        if y.max(initial=0) >= N_CLASSES:
-            raise DataError(f"{raw_dir / lab_name}: label {int(y.max())} out of range 0..9")
-        arrays[f"{split}_images.npy"], arrays[f"{split}_labels.npy"] = x, y
+    n_train, n_test = split_sizes(raw_dir, standin)
+    arrays = read_raw_arrays(raw_dir, n_train, n_test)
     with ArtifactWriter(out_dir, DATASET, source) as w:
         for name in ARRAYS:
             w.save(name, arrays[name])

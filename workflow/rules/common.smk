@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 
 from lop.analysis.registry import load_registry
 from lop.errors import LopError
+from lop.limits import check_workflow_config
 from lop.params import expand_jobs, list_param_files, load_params
 from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
 
@@ -24,6 +25,11 @@ def _flag(value) -> bool:
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
 
+
+try:  # the --config schema (lop.limits.check_workflow_config): one clear error, before anything runs
+    check_workflow_config(config)
+except LopError as e:
+    raise WorkflowError(f"invalid configuration: {e}") from None
 
 SCALE = str(config.get("scale", "demo"))
 FROM_CACHE = _flag(config.get("from_cache", False))
