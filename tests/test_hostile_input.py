@@ -258,7 +258,7 @@ def _methods(data: Any) -> list[dict]:
     out = []
     if isinstance(data, dict):
         for k, v in data.items():
-            if k == "methods" and isinstance(v, dict):
+            if k in ("methods", "patch") and isinstance(v, dict):
                 out += [m for m in v.values() if isinstance(m, dict)]
             else:
                 out += _methods(v)
@@ -350,9 +350,13 @@ def params_case(draw: st.DrawFn) -> tuple[bytes, str, list[str]]:
         scales = data.get("scales")
         scales = scales if isinstance(scales, dict) else {}
         for holder in [data, *[s for s in scales.values() if isinstance(s, dict)]]:
-            methods = holder.get("methods") if isinstance(holder, dict) else None
-            if isinstance(methods, dict) and "bp" in methods:
-                methods[name] = methods.pop("bp")
+            for key in ("methods", "patch"):
+                methods = holder.get(key) if isinstance(holder, dict) else None
+                if isinstance(methods, dict) and "bp" in methods:
+                    methods[name] = methods.pop("bp")
+            only = holder.get("only") if isinstance(holder, dict) else None
+            if isinstance(only, list):
+                holder["only"] = [name if m == "bp" else m for m in only]
         method, notes = name, [*notes, f"method {name!r:.40}"]
     raw, tnote = draw(text_mutation(dump(data)))
     return raw, method, [*notes, tnote]
@@ -793,7 +797,8 @@ def test_bombs_stop_within_a_second(tmp_path):
         parse_seeds("0-999999999")
     assert time.monotonic() - t0 < 1.0
     data = json.loads(json.dumps(SCR))
-    data["scales"]["smoke"]["methods"]["bp"]["grid"] = {k: list(range(1, 41)) for k in ("a", "b", "c", "d")}
+    data["methods"]["bp"]["grid"] = {k: list(range(1, 41)) for k in ("a", "b", "c", "d")}
+    data["scales"]["smoke"]["patch"]["bp"]["grid"] = {k: list(range(1, 41)) for k in ("a", "b", "c", "d")}
     path = tmp_path / "grid.yaml"
     path.write_text(dump(data))
     t0 = time.monotonic()
