@@ -150,8 +150,32 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
+
+
+def _device(text: str) -> str:
+    """--device: auto | cpu | cuda | cuda:N (argparse turns the ValueError into a one-line error)."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(text)
+
+
+_device.__name__ = f"device ({DEVICE_CHOICES})"  # argparse names the type in its message
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad command-line input: one `error:` line naming the option (and where to look), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lop", description=__doc__)
+    from lop import __version__
+
+    parser = _Parser(prog="lop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a group of runs (one job) and write per-run results")
@@ -164,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--setting-id", action="append", help="setting of the method (repeat; default all)")
     src.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-29 (default: the scale's seeds)")
     run.add_argument("--out", required=True, help="runs root, e.g. results/runs/<experiment>/<scale>")
-    run.add_argument("--device", help="auto | cpu | cuda (default: params file, else auto)")
+    run.add_argument(
+        "--device", type=_device, help="auto | cpu | cuda | cuda:N (default: params file, else auto)"
+    )
     run.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)"
     )
