@@ -218,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     exps = sub.add_parser("experiments", help="list the experiments")
     exps.set_defaults(func=cmd_experiments)
 
+    from lop.cache import register as register_cache
+
+    register_cache(sub)
+    try:
+        from lop.analysis.compare import register as register_compare
+    except ModuleNotFoundError as e:  # the `figures` extra (matplotlib, seaborn) is not installed
+        if not (e.name or "").startswith(("matplotlib", "seaborn")):
+            raise
+    else:
+        register_compare(sub)
+
     for module in ("lop.data.commands", "lop.analysis.commands"):
         try:
             mod = importlib.import_module(module)
