@@ -5,8 +5,10 @@ include: "workflow/Snakefile"
 
 # An `include:` never sets the default target, so the root Snakefile declares its own.
 rule all:
-    """The default target: every figure of this scale (what `snakemake --cores 2` builds)."""
+    """The default target (`snakemake --cores 2`): every figure of this scale, the ours-vs-paper table and
+    the DVC metrics/plot files."""
     default_target: True
     localrule: True
     input:
         rules.figures.input,
+        rules.summaries.input,

@@ -131,6 +131,25 @@ def aggregate_file(experiment: str) -> str:
     return str(RESULTS / "agg" / f"{experiment}-{SCALE}.parquet")
 
 
+def comparison_files() -> list[str]:
+    """Ours vs the paper: results/tables/<scale>/paper_comparison.{md,csv} (lop compare)."""
+    base = RESULTS / "tables" / SCALE
+    return [str(base / "paper_comparison.md"), str(base / "paper_comparison.csv")]
+
+
+def summary_files(experiment: str) -> list[str]:
+    """An experiment's DVC metrics JSON, then one plot CSV per figure of it (lop summary)."""
+    figs = sorted(fid for fid, spec in FIGURES.items() if spec.experiment == experiment)
+    return [str(RESULTS / "metrics" / SCALE / f"{experiment}.json")] + [
+        str(RESULTS / "plots" / SCALE / f"{fid}.csv") for fid in figs
+    ]
+
+
+def figures_fingerprint(figure_ids) -> str:
+    """The registry entries (+ style) of some figures: what a table or summary drawn from them depends on."""
+    return json.dumps([json.loads(REGISTRY.fingerprint(fid)) for fid in sorted(figure_ids)], sort_keys=True)
+
+
 if FROM_CACHE:
     # Cached results: the runs come from `dvc pull`, never from training (docs/cached-results.md).
     _missing = [f for exp in EXPERIMENTS for f in run_files(exp) if not Path(f).is_file()]
