@@ -223,8 +223,11 @@ def test_dvc_params_metrics_and_plots_show_the_pipelines_values(dvc_repo):
     assert "BP α=0.01" in scr["ed_fig2"]["1: Backprop (SGD), step sizes"]
     params = json.loads(dvc(ws, "params", "diff", "--all", "--json", timeout=300).stdout)
     assert "params/scr.yaml" in params and "params/figures.yaml" in params
+    # both pipelines define plot `ed_fig2`: DVC prefixes the ids with their dvc.yaml (the paper one is not built)
     plots = json.loads(dvc(ws, "plots", "show", "--json", timeout=300).stdout)
-    (ed_fig2,) = plots["data"]["ed_fig2"]
+    (ed_fig2,) = plots["data"]["dvc.yaml::ed_fig2"]
     fields = {row["field"] for row in ed_fig2["content"]["data"]["values"]}
     assert "BP α=0.01" in fields
-    assert json.loads(dvc(ws, "exp", "show", "--json", timeout=300).stdout)
+    (workspace, *_) = json.loads(dvc(ws, "exp", "show", "--json", timeout=300).stdout)
+    assert "params/scr.yaml" in workspace["data"]["params"]
+    assert "results/metrics/smoke/scr.json" in workspace["data"]["metrics"]
