@@ -160,7 +160,7 @@ def check(ok: bool, key: str, message: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class CBPConfig:
-    """Continual backpropagation (PROTOCOLS §6)."""
+    """Continual backpropagation (docs/protocols/cbp.md)."""
 
     replacement_rate: float = 1e-4
     maturity: int = 100
