@@ -1,4 +1,4 @@
-"""The ConvNet of Continual ImageNet (PROTOCOLS §3): `lop`'s trainer against a plain PyTorch loop, side by side.
+"""The ConvNet of Continual ImageNet (docs/protocols/continual_imagenet.md): `lop`'s trainer against a plain PyTorch loop, side by side.
 
 Shared machines drift by tens of percent within minutes, so a ratio to a number measured elsewhere
 (the reference's ≈ 2,500 images/s on this 2-core machine) is only as good as the day. This script

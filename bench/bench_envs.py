@@ -1,4 +1,4 @@
-"""Environment throughput (PROTOCOLS §5): env steps per second per core with random actions.
+"""Environment throughput (docs/protocols/ppo.md): env steps per second per core with random actions.
 
 Prints a markdown table. ``steps/CPU-s`` divides by this process's CPU time, so it estimates one
 core's throughput even when other processes share the machine; ``steps/s`` is wall clock.

@@ -1,4 +1,4 @@
-"""Throughput of the image experiments' training step (PROTOCOLS §3, §4), as a markdown table.
+"""Throughput of the image experiments' training step (docs/protocols/continual_imagenet.md, docs/protocols/incremental_cifar.md), as a markdown table.
 
 A *step* is everything the trainers do per mini-batch: per-run data sampling (epoch shuffle + gather of
 uint8 images on the device), conversion/augmentation, forward and backward of the seed-batched net,

@@ -1,6 +1,6 @@
 """Throughput of the seed-batched image networks: images/s for forward + backward + SGD step.
 
-ConvNet of Continual ImageNet (PROTOCOLS §3, batch 100 per run) at S = 1, 8, 30 runs, five designs:
+ConvNet of Continual ImageNet (docs/protocols/continual_imagenet.md, batch 100 per run) at S = 1, 8, 30 runs, five designs:
 
 * ``grouped-cl``  — library default: grouped conv (groups=S) on channels-last activations;
 * ``grouped``     — the same on contiguous NCHW activations (``ConvNet(channels_last=False)``);
@@ -8,7 +8,7 @@ ConvNet of Continual ImageNet (PROTOCOLS §3, batch 100 per run) at S = 1, 8, 30
 * ``loop``        — a Python loop over runs of the single-run network (baseline), NCHW;
 * ``loop-cl``     — the same loop on channels-last images.
 
-ResNet-18 (PROTOCOLS §4, batch 90, S = 1), channels-last and NCHW. "images/s" counts all runs'
+ResNet-18 (docs/protocols/incremental_cifar.md, batch 90, S = 1), channels-last and NCHW. "images/s" counts all runs'
 images (S × batch per step). Timings interleave the designs and report the best and the median
 wall-clock rate of the timed steps, and images per second of this process's CPU time (all threads),
 which is less sensitive to other processes sharing the CPU. Runs on CUDA too when it is available.

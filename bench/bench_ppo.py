@@ -1,4 +1,4 @@
-"""Whole-run PPO throughput (PROTOCOLS §5): env steps per second per CPU core, simulation + updates.
+"""Whole-run PPO throughput (docs/protocols/ppo.md): env steps per second per CPU core, simulation + updates.
 
 Trains `PPOTrainer` (the ``ppo_ant`` experiment's trainer, paper PPO settings) for a few updates at
 batch sizes S and prints a markdown table plus a profile of where the CPU time goes:

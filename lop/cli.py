@@ -192,15 +192,32 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
+
+
+def _device(text: str) -> str:
+    """--device: auto | cpu | cuda | cuda:N (argparse turns the ValueError into a one-line error)."""
+    value = text.strip().lower()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(text)
+
+
+_device.__name__ = f"device ({DEVICE_CHOICES})"  # argparse names the type in its message
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as one ``error:`` line (exit code 2), like every other bad input."""
+    """Bad command-line input: one `error:` line naming the option (and where to look), exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {_one_line(message)}; see `{self.prog} --help`\n")
+        self.exit(2, f"error: {self.prog}: {_one_line(message)} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lop import __version__
+
     parser = _Parser(prog="lop", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a group of runs (one job) and write per-run results")
@@ -213,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--setting-id", action="append", help="setting of the method (repeat; default all)")
     src.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-29 (default: the scale's seeds)")
     run.add_argument("--out", required=True, help="runs root, e.g. results/runs/<experiment>/<scale>")
-    run.add_argument("--device", help="auto | cpu | cuda (default: params file, else auto)")
+    run.add_argument(
+        "--device", type=_device, help="auto | cpu | cuda | cuda:N (default: params file, else auto)"
+    )
     run.add_argument(
         "--threads", type=int, help="torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)"
     )
@@ -243,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     exps = sub.add_parser("experiments", help="list the experiments")
     exps.set_defaults(func=cmd_experiments)
+
+    from lop.cache import register as register_cache
+
+    register_cache(sub)
+    try:
+        from lop.analysis.compare import register as register_compare
+    except ModuleNotFoundError as e:  # the `figures` extra (matplotlib, seaborn) is not installed
+        if not (e.name or "").startswith(("matplotlib", "seaborn")):
+            raise
+    else:
+        register_compare(sub)
 
     for module in ("lop.data.commands", "lop.analysis.commands"):
         try:

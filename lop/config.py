@@ -178,7 +178,7 @@ def check(ok: bool, key: str, message: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class CBPConfig:
-    """Continual backpropagation (PROTOCOLS §6); `lop.algos.cbp` documents each option.
+    """Continual backpropagation (docs/protocols/cbp.md); `lop.algos.cbp` documents each option.
 
     utility: "contribution" and "adaptable_contribution" are the Methods formulas (decayed,
     bias-corrected, reset on replacement); "reference_sum" is what the ResNet-18 reference code ranked

@@ -1,4 +1,4 @@
-"""Representation and weight metrics of PROTOCOLS.md §7, batched over a leading run axis S.
+"""Representation and weight metrics of docs/protocols/metrics.md, batched over a leading run axis S.
 
 Every function takes tensors whose first axis is the run axis S and returns one value per run
 (``[S]``, float64) or one row per run, on the input's device, with no host-device sync and no
@@ -6,7 +6,7 @@ Python loop over runs, units or examples. Row ``k`` of a batched result depends 
 of the input. A run whose input contains a non-finite value (a diverged run) gets NaN for the
 representation metrics instead of failing the whole batch.
 
-Names follow §7 exactly, because the field uses one word for several things:
+Names follow docs/protocols/metrics.md exactly, because the field uses one word for several things:
 
 * ``effective_rank``       exp(H(p)), p_k = σ_k / Σσ (Roy & Vetterli 2007);
 * ``approximate_rank``     smallest k with Σ_{j≤k} σ_j² ≥ threshold · Σσ²;
@@ -126,7 +126,7 @@ def stable_rank_from_sv(sv: torch.Tensor) -> torch.Tensor:
 
 
 def effective_rank(phi: torch.Tensor) -> torch.Tensor:
-    """Effective rank (Roy & Vetterli 2007) of each run's Φ ``[S, n, d]`` → ``[S]``; see §7."""
+    """Effective rank (Roy & Vetterli 2007) of each run's Φ ``[S, n, d]`` → ``[S]``; see docs/protocols/metrics.md."""
     return effective_rank_from_sv(singular_values(phi))
 
 
@@ -146,7 +146,7 @@ def stable_rank(phi: torch.Tensor) -> torch.Tensor:
 
 
 def rank_metrics(phi: torch.Tensor, threshold: float = 0.99) -> dict[str, torch.Tensor]:
-    """All four rank measures of Φ ``[S, n, d]`` from one SVD, keyed by their §7 names."""
+    """All four rank measures of Φ ``[S, n, d]`` from one SVD, keyed by their docs/protocols/metrics.md names."""
     sv = singular_values(phi)
     return {
         "effective_rank": effective_rank_from_sv(sv),
@@ -197,7 +197,7 @@ def dead_unit_mask(h: torch.Tensor, positions: int = 0) -> torch.Tensor:
 
 
 def dead_units(h: torch.Tensor, positions: int = 0) -> torch.Tensor:
-    """Fraction ``[S]`` of dead units (zero on every probe example and position), §7."""
+    """Fraction ``[S]`` of dead units (zero on every probe example and position), docs/protocols/metrics.md."""
     return _fraction(dead_unit_mask(h, positions), _finite_runs(h))
 
 
@@ -220,7 +220,7 @@ def dormant_unit_mask(
 ) -> torch.Tensor:
     """``[S, units]`` bool: the unit is active (h > 0) on fewer than ``threshold`` of the probe inputs.
 
-    CIFAR/RL definition (§4, §5): with ``strict`` the test is fraction_active < threshold (CIFAR,
+    CIFAR/RL definition (docs/protocols/incremental_cifar.md, docs/protocols/ppo.md): with ``strict`` the test is fraction_active < threshold (CIFAR,
     "< 1%"); ``strict=False`` gives ≤ (the RL text's "≤ 1%"). With ``positions`` > 0 a unit is
     a channel and "active on an input" is ``conv_active``: "any" = positive at some position,
     "mean" = mean over positions > 0 (the two agree for non-negative activations such as ReLU).
@@ -256,7 +256,7 @@ def redo_scores(h: torch.Tensor, positions: int = 0) -> torch.Tensor:
 
 
 def redo_dormant_mask(h: torch.Tensor, tau: float, positions: int = 0) -> torch.Tensor:
-    """``[S, units]`` bool: ReDo-dormant, score s_i ≤ τ (§7)."""
+    """``[S, units]`` bool: ReDo-dormant, score s_i ≤ τ (docs/protocols/metrics.md)."""
     if tau < 0:
         raise ValueError(f"tau must be >= 0, got {tau}")
     return redo_scores(h, positions) <= tau
@@ -286,7 +286,7 @@ def _abs_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def weight_magnitude(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean |w| ``[S]`` over all elements of the given ``[S, ...]`` parameter tensors (§7).
+    """Mean |w| ``[S]`` over all elements of the given ``[S, ...]`` parameter tensors (docs/protocols/metrics.md).
 
     Element-weighted: a tensor with more elements counts more (not a mean of per-tensor means).
     """
@@ -302,7 +302,7 @@ def weight_change(
 ) -> torch.Tensor:
     """Weight change per run ``[S]`` between two snapshots: mean (or sum) of |after − before|.
 
-    For RL's "total weight change per update" (§5); ``before``/``after`` are matching lists
+    For RL's "total weight change per update" (docs/protocols/ppo.md); ``before``/``after`` are matching lists
     of ``[S, ...]`` tensors (e.g. the policy and value parameters before and after an update).
     """
     _check_tensors(before, "weight_change")

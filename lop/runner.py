@@ -66,10 +66,15 @@ def group_hash(spec: ExperimentSpec, scale: str, problem: Any, runs: Sequence[Ru
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from lop.errors import ConfigError
+    from lop.errors import ConfigError
 
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"unknown device {name!r}; use one of: auto, cpu, cuda, cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"unsupported device {name!r}; use one of: auto, cpu, cuda, cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "CUDA was requested but no GPU is available; use --device cpu")
     return dev
 

@@ -1,4 +1,4 @@
-"""Batched on-device CIFAR augmentation (PROTOCOLS §4) driven by per-run counter-based streams."""
+"""Batched on-device CIFAR augmentation (docs/protocols/incremental_cifar.md) driven by per-run counter-based streams."""
 
 from __future__ import annotations
 

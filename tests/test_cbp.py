@@ -1,4 +1,4 @@
-"""Continual backpropagation invariants (PROTOCOLS §6)."""
+"""Continual backpropagation invariants (docs/protocols/cbp.md)."""
 
 import math
 

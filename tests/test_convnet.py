@@ -1,4 +1,4 @@
-"""Continual ImageNet ConvNet and linear baseline (PROTOCOLS §3), seed-batched."""
+"""Continual ImageNet ConvNet and linear baseline (docs/protocols/continual_imagenet.md), seed-batched."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IDX reader/writer (PROTOCOLS §8): round trips, header validation, corrupt files."""
+"""IDX reader/writer (docs/protocols/datasets.md): round trips, header validation, corrupt files."""
 
 from __future__ import annotations
 

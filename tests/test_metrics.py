@@ -1,4 +1,4 @@
-"""Tests of lop.metrics (PROTOCOLS.md §7) against direct numpy computations and known values."""
+"""Tests of lop.metrics (docs/protocols/metrics.md) against direct numpy computations and known values."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ RANK_FNS = {
 }
 
 
-# ---- numpy references (written straight from the §7 definitions) ------------------------------
+# ---- numpy references (written straight from the docs/protocols/metrics.md definitions) ------------------------------
 def np_sv(a: np.ndarray) -> np.ndarray:
     return np.linalg.svd(a.astype(np.float64), compute_uv=False)
 

@@ -13,9 +13,9 @@ from pipeline_helpers import ROOT, env_for, job_stats, snakemake
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
 
-# Paper grids (PROTOCOLS.md §1-2): method -> (number of settings, seeds per setting).
+# Paper grids (docs/protocols/scr.md, docs/protocols/permuted_mnist.md): method -> (number of settings, seeds per setting).
 PAPER_GRIDS: dict[str, dict[str, tuple[int, int]]] = {
-    # §1 SCR (ReLU): BP SGD and Adam at 3 steps, linear at 3 steps, L2 and S&P at 6 values, CBP at 5 rates.
+    # docs/protocols/scr.md, SCR (ReLU): BP SGD and Adam at 3 steps, linear at 3 steps, L2 and S&P at 6 values, CBP at 5 rates.
     "scr": {
         "bp": (3, 100),
         "bp_adam": (3, 100),
@@ -24,7 +24,7 @@ PAPER_GRIDS: dict[str, dict[str, tuple[int, int]]] = {
         "snp": (6, 100),
         "cbp": (5, 100),
     },
-    # §2 permuted MNIST: SGD 3 steps, widths 3, change rates 3 (one method each: they change the task
+    # docs/protocols/permuted_mnist.md, permuted MNIST: SGD 3 steps, widths 3, change rates 3 (one method each: they change the task
     # length), Adam 3, L2 3, S&P 3, CBP 3; 30 runs each.
     "permuted_mnist": {
         "bp": (3, 30),

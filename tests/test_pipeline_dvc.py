@@ -3,9 +3,14 @@ fresh clone without a single training job."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -119,3 +124,110 @@ def test_cached_results_rebuild_every_figure_without_training(dvc_repo, tmp_path
     assert not list((clone / "results/logs").glob("*/smoke/train/*.log"))
     rebuilt = {p.name: p.read_bytes() for p in (clone / "results/figures/smoke").glob("*.p*")}
     assert rebuilt == figures
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@contextmanager
+def _http_server(folder: Path):
+    """A static file server on loopback: how a reader sees a published, read-only remote."""
+    folder.mkdir(parents=True, exist_ok=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _verify(ws: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "lop.cli", "cache", "verify"], ws, timeout=120, check=False)
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_a_stranger_pulls_from_an_http_remote_and_an_empty_pull_fails(dvc_repo, tmp_path):
+    """Issue #10: push the smoke results, serve them read-only over HTTP, pull them in a fresh clone and
+    rebuild every figure with zero training jobs; an unreachable or empty remote fails `lop cache verify`."""
+    ws, remote, _ = dvc_repo
+    dvc(ws, "push", timeout=600)
+    git(ws, "add", "-A")
+    if git(ws, "status", "--porcelain").strip():
+        git(ws, "commit", "-qm", "results of the smoke pipeline")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(ws), str(clone))
+
+    # The committed default: an HTTP URL that does not resolve. DVC's pull may exit 0 having pulled
+    # nothing; the documented check must not.
+    assert dvc(clone, "remote", "list").stdout.split()[1].startswith("https://")
+    dvc(clone, "pull", "--allow-missing", timeout=600, check=False)
+    proc = _verify(clone)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert (
+        line.startswith("error: cached results missing") and "dvc remote modify --local results url" in line
+    )
+
+    with _http_server(tmp_path / "empty") as url:  # reachable, holds nothing
+        dvc(clone, "remote", "modify", "--local", "results", "url", url)
+        dvc(clone, "pull", "--allow-missing", timeout=600, check=False)
+        proc = _verify(clone)
+        assert proc.returncode == 2 and url in proc.stderr, proc.stderr
+
+    with _http_server(remote / "results") as url:  # the published results
+        dvc(clone, "remote", "modify", "--local", "results", "url", url)
+        dvc(clone, "pull", "--allow-missing", timeout=600)
+    proc = _verify(clone)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok: 2 run folder(s)"), proc.stdout + proc.stderr
+
+    figures = {p.name: p.read_bytes() for p in (ws / "results/figures/smoke").glob("*.p*")}
+    for p in [*(clone / "results/figures/smoke").glob("*"), *(clone / "results/agg").glob("*.parquet")]:
+        p.unlink()
+    proc = snakemake(clone, "--cores", "2", "--config", "scale=smoke", "from_cache=true", timeout=600)
+    out = proc.stdout + proc.stderr
+    assert training_jobs(out) == 0 and "figure__" in out
+    rebuilt = {p.name: p.read_bytes() for p in (clone / "results/figures/smoke").glob("*.p*")}
+    assert rebuilt == figures
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "workflow/dvc/paper/dvc.yaml"])
+def test_params_metrics_and_plots_are_declared(dvc_file):
+    """Issue #10: every params file is a `params:` dependency; metrics JSON and plot CSVs are declared."""
+    pipeline = yaml.safe_load((ROOT / dvc_file).read_text())
+    stages = pipeline["stages"]
+    for e in _params_experiments(ROOT):
+        assert {f"params/{e}.yaml": None} in stages[f"train_{e}"]["params"]
+        assert {f"results/metrics/${{scale}}/{e}.json": {"cache": False}} in stages["figures"]["metrics"]
+    assert {"params/figures.yaml": None} in stages["figures"]["params"]
+    plotted = set()
+    for entry in pipeline["plots"]:
+        ((name, spec),) = entry.items()
+        plotted |= set(spec.get("y", {name: None}))
+        assert spec["x"] == "x"
+    registry = yaml.safe_load((ROOT / "params" / "figures.yaml").read_text())["figures"]
+    assert {Path(p).stem for p in plotted} == set(registry)
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_dvc_params_metrics_and_plots_show_the_pipelines_values(dvc_repo):
+    ws, _, _ = dvc_repo
+    metrics = json.loads(dvc(ws, "metrics", "show", "--json", timeout=300).stdout)
+    files = next(iter(metrics.values()))["data"]
+    scr = files["results/metrics/smoke/scr.json"]["data"]
+    assert "BP α=0.01" in scr["ed_fig2"]["1: Backprop (SGD), step sizes"]
+    params = json.loads(dvc(ws, "params", "diff", "--all", "--json", timeout=300).stdout)
+    assert "params/scr.yaml" in params and "params/figures.yaml" in params
+    # both pipelines define plot `ed_fig2`: DVC prefixes the ids with their dvc.yaml (the paper one is not built)
+    plots = json.loads(dvc(ws, "plots", "show", "--json", timeout=300).stdout)
+    (ed_fig2,) = plots["data"]["dvc.yaml::ed_fig2"]
+    fields = {row["field"] for row in ed_fig2["content"]["data"]["values"]}
+    assert "BP α=0.01" in fields
+    (workspace, *_) = json.loads(dvc(ws, "exp", "show", "--json", timeout=300).stdout)
+    assert "params/scr.yaml" in workspace["data"]["params"]
+    assert "results/metrics/smoke/scr.json" in workspace["data"]["metrics"]

@@ -1,4 +1,4 @@
-"""PPO agent and learner (PROTOCOLS §5): initialisation, batch independence, hand-written gradients,
+"""PPO agent and learner (docs/protocols/ppo.md): initialisation, batch independence, hand-written gradients,
 CBP invariants on the policy/value nets, divergence handling."""
 
 from __future__ import annotations

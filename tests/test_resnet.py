@@ -1,4 +1,4 @@
-"""Seed-batched ResNet-18 for 32×32 images (PROTOCOLS §4)."""
+"""Seed-batched ResNet-18 for 32×32 images (docs/protocols/incremental_cifar.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Summary statistics over seeds for the figures (PROTOCOLS §0).
+"""Summary statistics over seeds for the figures (docs/protocols/README.md).
 
 * Supervised figures: mean ± 1 standard error over seeds, ddof = 1.
 * RL figures: mean with a 95% percentile-bootstrap confidence interval over seeds, resampled with a

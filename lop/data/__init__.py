@@ -1,4 +1,4 @@
-"""Data layer: download, verify and convert the paper's datasets (PROTOCOLS §8) into prepared artifacts.
+"""Data layer: download, verify and convert the paper's datasets (docs/protocols/datasets.md) into prepared artifacts.
 
 The training code loads only the prepared artifacts under ``data/prepared/<name>/`` through
 `lop.data.mnist.load_mnist`, `lop.data.cifar100.load_cifar100` and `lop.data.imagenet32.load_imagenet32`

@@ -1,4 +1,4 @@
-"""Batched on-device image augmentation for class-incremental CIFAR-100 (PROTOCOLS §4).
+"""Batched on-device image augmentation for class-incremental CIFAR-100 (docs/protocols/incremental_cifar.md).
 
 Images are ``[S, B, C, H, W]`` (S runs, each with its own mini-batch), uint8 in [0, 255] or float.
 Every random choice is drawn from `lop.rng.RunStreams` as an ``[S, B]`` (or ``[S, B, k]``) tensor at the
@@ -145,7 +145,7 @@ def cifar_train_transform(
     padding: int = 4,
     degrees: tuple[float, float] = (0.0, 15.0),
 ) -> torch.Tensor:
-    """The CIFAR-100 training augmentation of PROTOCOLS §4 (reference order), float ``[S, B, 3, H, W]``.
+    """The CIFAR-100 training augmentation of docs/protocols/incremental_cifar.md (reference order), float ``[S, B, 3, H, W]``.
 
     Streams ``<name>/flip``, ``<name>/crop``, ``<name>/rotate`` at `counter` (e.g. the global step).
     """

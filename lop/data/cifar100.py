@@ -1,4 +1,4 @@
-"""CIFAR-100, binary distribution (PROTOCOLS §4, §8) -> prepared artifact ``data/prepared/cifar100/``.
+"""CIFAR-100, binary distribution (docs/protocols/incremental_cifar.md, docs/protocols/datasets.md) -> prepared artifact ``data/prepared/cifar100/``.
 
 Raw: ``cifar-100-binary.tar.gz`` whose ``train.bin`` / ``test.bin`` hold records of 1 coarse-label byte,
 1 fine-label byte and 3072 pixel bytes (1024 R, 1024 G, 1024 B, each 32×32 row-major).

@@ -1,4 +1,4 @@
-"""File-level data utilities: checksums, verified streaming downloads, safe tar extraction (PROTOCOLS §8)."""
+"""File-level data utilities: checksums, verified streaming downloads, safe tar extraction (docs/protocols/datasets.md)."""
 
 from __future__ import annotations
 

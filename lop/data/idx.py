@@ -1,4 +1,4 @@
-"""The IDX file format of MNIST (PROTOCOLS §8): big-endian magic, dims, then uint8 data; plain or gzip."""
+"""The IDX file format of MNIST (docs/protocols/datasets.md): big-endian magic, dims, then uint8 data; plain or gzip."""
 
 from __future__ import annotations
 

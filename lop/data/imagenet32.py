@@ -1,4 +1,4 @@
-"""ImageNet 32×32 (Chrabaszcz et al. 2017; PROTOCOLS §3, §8) -> prepared artifact ``data/prepared/imagenet32/``.
+"""ImageNet 32×32 (Chrabaszcz et al. 2017; docs/protocols/continual_imagenet.md, docs/protocols/datasets.md) -> prepared artifact ``data/prepared/imagenet32/``.
 
 Sources:
 

@@ -1,4 +1,4 @@
-"""MNIST (PROTOCOLS §2, §8): official IDX files -> prepared artifact ``data/prepared/mnist/``.
+"""MNIST (docs/protocols/permuted_mnist.md, docs/protocols/datasets.md): official IDX files -> prepared artifact ``data/prepared/mnist/``.
 
 Prepared layout: ``train_images.npy`` uint8 [60000, 28, 28], ``train_labels.npy`` uint8 [60000],
 ``test_images.npy`` uint8 [10000, 28, 28], ``test_labels.npy`` uint8 [10000], ``manifest.json``.

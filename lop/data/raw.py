@@ -1,4 +1,4 @@
-"""Provenance of a raw-data folder: the official files (md5 from PROTOCOLS §8) or a stand-in (standin.json)."""
+"""Provenance of a raw-data folder: the official files (md5 from docs/protocols/datasets.md) or a stand-in (standin.json)."""
 
 from __future__ import annotations
 

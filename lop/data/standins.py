@@ -1,4 +1,4 @@
-"""Deterministic, learnable stand-ins written in the EXACT official raw formats (PROTOCOLS §8).
+"""Deterministic, learnable stand-ins written in the EXACT official raw formats (docs/protocols/datasets.md).
 
 For machines without the real datasets (tests, CI, demos). Each generator writes the official file names
 and formats plus the marker ``standin.json`` (generator, seed, sizes, md5 of every file), which

@@ -1,4 +1,4 @@
-"""RL environments of PROTOCOLS §5: MuJoCo Ant, slippery Ant, Hopper, Walker2d, batched over runs."""
+"""RL environments of docs/protocols/ppo.md: MuJoCo Ant, slippery Ant, Hopper, Walker2d, batched over runs."""
 
 from lop.envs.batched import BatchedEnvs, EpisodeRecord, StepResult
 from lop.envs.config import ENV_NAMES, EnvConfig

@@ -1,4 +1,4 @@
-"""S environments for S runs stepped together (PROTOCOLS §5), with auto-reset and episode returns."""
+"""S environments for S runs stepped together (docs/protocols/ppo.md), with auto-reset and episode returns."""
 
 from __future__ import annotations
 

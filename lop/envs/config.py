@@ -1,4 +1,4 @@
-"""Settings of the RL environments (PROTOCOLS §5), validated before any simulator is built."""
+"""Settings of the RL environments (docs/protocols/ppo.md), validated before any simulator is built."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ FRICTION_MIX: tuple[str, ...] = ("all", "floor", "max")
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """One environment of PROTOCOLS §5.
+    """One environment of docs/protocols/ppo.md.
 
     * ``name``: ``ant`` | ``slippery_ant`` | ``hopper`` | ``walker2d`` (Gymnasium ``*-v5`` dynamics and
       rewards; Ant pinned to ctrl cost 0.5, contact cost 5e-4, healthy z in (0.2, 1.0)).

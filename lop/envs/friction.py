@@ -1,4 +1,4 @@
-"""Slippery Ant's friction sequence (PROTOCOLS §5): log-uniform draws that depend only on the run seed."""
+"""Slippery Ant's friction sequence (docs/protocols/ppo.md): log-uniform draws that depend only on the run seed."""
 
 from __future__ import annotations
 

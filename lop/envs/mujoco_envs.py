@@ -1,4 +1,4 @@
-"""MuJoCo environments of PROTOCOLS §5 with run-seeded episodes and slippery Ant's friction schedule.
+"""MuJoCo environments of docs/protocols/ppo.md with run-seeded episodes and slippery Ant's friction schedule.
 
 `LopMujocoEnv` is a Gymnasium env around the unwrapped Gymnasium ``*-v5`` simulator (no wrapper
 stack). It owns everything a run's environment needs besides the physics:
@@ -31,7 +31,7 @@ from lop.errors import CheckpointError, ConfigError
 from lop.rng import torch_seed
 
 RESET_STREAM = "reset"
-# Ant reward terms pinned to PROTOCOLS §5 (also Gymnasium's Ant-v5 defaults today).
+# Ant reward terms pinned to docs/protocols/ppo.md (also Gymnasium's Ant-v5 defaults today).
 ANT_KWARGS: dict[str, Any] = {
     "ctrl_cost_weight": 0.5,
     "contact_cost_weight": 5e-4,

@@ -1,4 +1,4 @@
-"""Seed-batched networks of Continual ImageNet (PROTOCOLS §3): the ConvNet and the linear baseline.
+"""Seed-batched networks of Continual ImageNet (docs/protocols/continual_imagenet.md): the ConvNet and the linear baseline.
 
 ConvNet (177,218 parameters per run for 2 outputs)::
 
@@ -85,7 +85,7 @@ class ConvNet(SeedBatchedNet):
             self._assign(f"{name}.bias", b)
 
     def reset_head(self) -> None:
-        """Zero the output layer's weights and bias (done at the start of every task, PROTOCOLS §3)."""
+        """Zero the output layer's weights and bias (done at the start of every task, docs/protocols/continual_imagenet.md)."""
         self._assign("fc3.weight", 0.0)
         self._assign("fc3.bias", 0.0)
 

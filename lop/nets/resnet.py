@@ -1,4 +1,4 @@
-"""Seed-batched ResNet-18 for 32×32 images (class-incremental CIFAR-100, PROTOCOLS §4).
+"""Seed-batched ResNet-18 for 32×32 images (class-incremental CIFAR-100, docs/protocols/incremental_cifar.md).
 
 Architecture at the default ``width`` w = 64 (11,224,932 parameters per run for 100 classes)::
 
@@ -185,7 +185,7 @@ class ResNet18(SeedBatchedNet):
         return w, b
 
     def reset_head(self, counter: int) -> None:
-        """Re-initialise fc in place from the init streams at `counter` (head resetting, PROTOCOLS §4).
+        """Re-initialise fc in place from the init streams at `counter` (head resetting, docs/protocols/incremental_cifar.md).
 
         Counter 0 reproduces the initial head; use e.g. the increment number (≥ 1).
         """

@@ -16,7 +16,7 @@ import torch
 
 @dataclass
 class UnitLayer:
-    """One hidden layer of replaceable units (PROTOCOLS §6).
+    """One hidden layer of replaceable units (docs/protocols/cbp.md).
 
     in_weight:  ``[S, n, *fan_in_dims]`` — row ``i`` holds unit i's incoming weights
                 (linear ``[S, n, in]``; conv ``[S, n, in, kh, kw]``).

@@ -1,4 +1,4 @@
-"""The PPO agent of PROTOCOLS §5, seed-batched: a Gaussian policy and a value function.
+"""The PPO agent of docs/protocols/ppo.md, seed-batched: a Gaussian policy and a value function.
 
 * policy: ``obs -> 256 -> 256 -> act`` ReLU MLP giving the action mean, plus a state-independent
   log standard deviation ``log_std [S, A]`` (initialised at 0, i.e. σ = 1);
@@ -44,7 +44,7 @@ class PrefixedStreams(RunStreams):
 
 
 class GaussianAgent:
-    """Policy net + log-std + value net of a batch of S runs (PROTOCOLS §5).
+    """Policy net + log-std + value net of a batch of S runs (docs/protocols/ppo.md).
 
     All parameters live in one flat ``[S, P]`` tensor `flat` (order: policy w0, b0, w1, b1, ...,
     log-std, value w0, b0, ...); the networks' weights, biases and `log_std` are views of it. One

@@ -1,4 +1,4 @@
-"""PPO arithmetic batched over a leading run axis S (PROTOCOLS §5).
+"""PPO arithmetic batched over a leading run axis S (docs/protocols/ppo.md).
 
 PPO: Schulman, Wolski, Dhariwal, Radford, Klimov (2017), "Proximal Policy Optimization Algorithms",
 clipped surrogate objective (their eq. 7). GAE: Schulman, Moritz, Levine, Jordan, Abbeel (2016),

@@ -53,3 +53,53 @@ for _fid, _spec in FIGURES.items():
         shell:
             "lop figure build {params.figure} --agg {input.agg} --scale {params.scale} "
             "--registry {params.registry} --png {output.png} --pdf {output.pdf} > {log} 2>&1"
+
+
+rule paper_comparison:
+    """Ours vs the paper: every published value of the registry next to ours (docs/pipeline.md)."""
+    input:
+        agg=[aggregate_file(exp) for exp in EXPERIMENTS],
+    output:
+        md=report(
+            comparison_files()[0],
+            caption="../report/paper_comparison.rst",
+            category="Ours vs the paper",
+            labels={"table": "paper_comparison", "scale": SCALE},
+        ),
+        csv=comparison_files()[1],
+    params:
+        spec=figures_fingerprint(FIGURES),
+        scale=SCALE,
+        registry=str(REGISTRY_FILE),
+    log:
+        str(LOGS / "tables" / SCALE / "paper_comparison.log"),
+    conda:
+        "../envs/lop.yaml"
+    shell:
+        "lop compare --agg {input.agg} --registry {params.registry} --scale {params.scale} "
+        "--md {output.md} --csv {output.csv} > {log} 2>&1"
+
+
+for _exp in EXPERIMENTS:
+
+    rule:
+        name:
+            rule_name("summary", _exp)
+        input:
+            agg=aggregate_file(_exp),
+        output:
+            metrics=summary_files(_exp)[0],
+            plots=summary_files(_exp)[1:],
+        params:
+            spec=figures_fingerprint(f for f, s in FIGURES.items() if s.experiment == _exp),
+            scale=SCALE,
+            registry=str(REGISTRY_FILE),
+            experiment=_exp,
+            plots=lambda wc, output: str(Path(output.metrics).parents[2] / "plots" / SCALE),  # <results>/plots
+        log:
+            str(LOGS / _exp / SCALE / "summary.log"),
+        conda:
+            "../envs/lop.yaml"
+        shell:
+            "lop summary --agg {input.agg} --experiment {params.experiment} --registry {params.registry} "
+            "--scale {params.scale} --metrics {output.metrics} --plots-dir {params.plots} > {log} 2>&1"

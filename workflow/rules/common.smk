@@ -10,35 +10,39 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 from lop.analysis.registry import load_registry
 from lop.errors import LopError
 from lop.limits import check_workflow_config
 from lop.params import expand_jobs, list_param_files, load_params
 from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
+from lop.workflow_config import check_config, config_flag
 
 
-
-def _flag(value) -> bool:
-    """--config booleans: true/false, 1/0, yes/no."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+# The config: config/config.yaml (every key and its default) + --config/--configfile overrides, checked
+# against workflow/schemas/config.schema.yaml before anything is planned. An unknown key or a bad value
+# stops here with one message naming the key and the allowed values (lop.workflow_config).
+configfile: "config/config.yaml"
 
 
-try:  # the --config schema (lop.limits.check_workflow_config): one clear error, before anything runs
-    check_workflow_config(config)
+CONFIG_SCHEMA = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml"
+try:
+    check_config(config, CONFIG_SCHEMA)  # keys, types, allowed values (workflow/schemas)
+    check_workflow_config(config)  # safe experiment names and plain paths (lop.limits)
 except LopError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
+validate(config, "../schemas/config.schema.yaml")  # Snakemake's own check; fills in schema defaults
 
-SCALE = str(config.get("scale", "demo"))
-FROM_CACHE = _flag(config.get("from_cache", False))
-DEVICE = config.get("device")  # None: each scale's `device` from its params file
-PARAMS_DIR = Path(config.get("params_dir", "params"))
-REGISTRY_FILE = Path(config.get("figures", str(PARAMS_DIR / "figures.yaml")))
-RESULTS = Path(config.get("results", "results"))
+
+SCALE = str(config["scale"])
+FROM_CACHE = config_flag(config["from_cache"])
+DEVICE = config["device"]  # None: each scale's `device` from its params file
+PARAMS_DIR = Path(config["params_dir"])
+REGISTRY_FILE = Path(config["figures"] or str(PARAMS_DIR / "figures.yaml"))
+RESULTS = Path(config["results"])
 # Restrict the run to some experiments (every params file is still validated): experiments=scr,permuted_mnist
-ONLY = config.get("experiments")
+ONLY = config["experiments"]
 ONLY = set(ONLY.split(",") if isinstance(ONLY, str) else ONLY) if ONLY else None
 RUNS = RESULTS / "runs"
 LOGS = RESULTS / "logs"
@@ -127,6 +131,25 @@ def figure_files(figure_id: str) -> list[str]:
 
 def aggregate_file(experiment: str) -> str:
     return str(RESULTS / "agg" / f"{experiment}-{SCALE}.parquet")
+
+
+def comparison_files() -> list[str]:
+    """Ours vs the paper: results/tables/<scale>/paper_comparison.{md,csv} (lop compare)."""
+    base = RESULTS / "tables" / SCALE
+    return [str(base / "paper_comparison.md"), str(base / "paper_comparison.csv")]
+
+
+def summary_files(experiment: str) -> list[str]:
+    """An experiment's DVC metrics JSON, then one plot CSV per figure of it (lop summary)."""
+    figs = sorted(fid for fid, spec in FIGURES.items() if spec.experiment == experiment)
+    return [str(RESULTS / "metrics" / SCALE / f"{experiment}.json")] + [
+        str(RESULTS / "plots" / SCALE / f"{fid}.csv") for fid in figs
+    ]
+
+
+def figures_fingerprint(figure_ids) -> str:
+    """The registry entries (+ style) of some figures: what a table or summary drawn from them depends on."""
+    return json.dumps([json.loads(REGISTRY.fingerprint(fid)) for fid in sorted(figure_ids)], sort_keys=True)
 
 
 if FROM_CACHE:

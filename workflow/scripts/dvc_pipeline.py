@@ -10,9 +10,11 @@ scale's jobs read (stand-ins for the demo, the real datasets for the paper); one
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from lop.analysis.registry import load_registry
 from lop.params import list_param_files, load_params
 from lop.plan import experiment_data_dirs
 
@@ -30,6 +32,9 @@ DEMO_HEADER = """\
 # re-runs (DVC would otherwise delete them first), so only jobs whose config changed are retrained.
 # Remotes (.dvc/config): results -> `results` (default); data -> `data`, kept apart (ImageNet-derived
 # files must never reach a public remote); model checkpoints: `push: false`.
+# `params:` (the params files), `metrics:` (results/metrics/<scale>/<experiment>.json) and `plots:`
+# (results/plots/<scale>/<figure>.csv) make `dvc params diff`, `dvc metrics show/diff`, `dvc plots
+# show/diff` and `dvc exp show` work (docs/pipeline.md).
 
 vars:
   - scale: demo             # the tests swap this line for `smoke`
@@ -62,18 +67,12 @@ def _indent(lines: list[str], wdir: str) -> str:
 
 
 def train_stage(exp: str, data: list[str], wdir: str, presets: tuple[str, ...] = ()) -> str:
-    deps = [
-        f"params/{exp}.yaml",
-        *presets,
-        *data,
-        "lop",
-        "workflow/Snakefile",
-        "workflow/rules",
-        "workflow/scripts",
-    ]
+    deps = [*presets, *data, "lop", "workflow/Snakefile", "workflow/rules", "workflow/scripts"]
     lines = [
         f"    cmd: mkdir -p results/models/{exp}/${{scale}} && ${{snakemake}} "
         f"results/agg/{exp}-${{scale}}.parquet --config scale=${{scale}} ${{triggers}}",
+        "    params:   # every value of the params file: `dvc params diff`, `dvc exp show`",
+        f"      - params/{exp}.yaml:",
         "    deps:",
         *(f"      - {d}" for d in deps),
         "    outs:",
@@ -88,16 +87,40 @@ def train_stage(exp: str, data: list[str], wdir: str, presets: tuple[str, ...] =
 
 
 def figures_stage(exps: list[str], wdir: str) -> str:
+    """Figures, the ours-vs-paper table, per-experiment metrics JSON and per-figure plot CSVs."""
     deps = [f"results/agg/{e}-${{scale}}.parquet" for e in exps]
-    deps += ["params/figures.yaml", "lop/analysis", "workflow/report"]
+    deps += ["lop/analysis", "workflow/report"]
     lines = [
-        "    cmd: ${snakemake} figures --config scale=${scale} ${triggers}",
+        "    cmd: ${snakemake} figures summaries --config scale=${scale} ${triggers}",
+        "    params:",
+        "      - params/figures.yaml:",
         "    deps:",
         *(f"      - {d}" for d in deps),
         "    outs:",
         "      - results/figures/${scale}",
+        "      - results/tables/${scale}:   # paper_comparison.{md,csv}: small, kept in git",
+        "          cache: false",
+        "      - results/plots/${scale}:    # <figure>.csv behind `dvc plots show` (top-level plots below)",
+        "          cache: false",
+        "    metrics:                       # `dvc metrics show`: each line's value at the last bin",
+        *(f"      - results/metrics/${{scale}}/{e}.json:\n          cache: false" for e in exps),
     ]
     return "  figures:\n" + _indent(lines, wdir)
+
+
+def plots_section(figures: dict[str, tuple[str, list[str]]], prefix: str) -> str:
+    """Top-level plot definitions: each figure's first panel, one series per line of the registry."""
+    if not figures:
+        return ""
+    out = "\nplots:\n"
+    for fid, (title, labels) in sorted(figures.items()):
+        path = f"{prefix}results/plots/${{scale}}/{fid}.csv"
+        if labels:
+            out += f"  - {fid}:\n      title: {json.dumps(title, ensure_ascii=False)}\n      x: x\n"
+            out += f"      y:\n        {path}: {json.dumps(labels, ensure_ascii=False)}\n"
+        else:  # lines come from the data (one per setting): DVC plots the last column
+            out += f"  - {path}:\n      title: {json.dumps(title, ensure_ascii=False)}\n      x: x\n"
+    return out
 
 
 def data_stages(datasets: list[str], standin: bool, wdir: str) -> str:
@@ -152,11 +175,18 @@ def render(scale: str, params_dir: Path) -> str:
         presets = tuple(f"params/{Path(src).relative_to(params_dir).as_posix()}" for src in p.sources[1:])
         body += train_stage(p.experiment, dirs, wdir, presets)
     header = (DEMO_HEADER if standin else PAPER_HEADER) + COMMON_VARS
+    exps = [p.experiment for p in params]
+    registry = load_registry(params_dir / "figures.yaml").for_experiments(exps)
+    figures = {
+        fid: (f"{spec.paper or fid}: {spec.panels[0].title}", [ln.label for ln in spec.panels[0].lines])
+        for fid, spec in registry.items()
+    }
     return (
         header
         + data_stages(sorted(datasets), standin, wdir)
         + body
-        + figures_stage([p.experiment for p in params], wdir)
+        + figures_stage(exps, wdir)
+        + plots_section(figures, "" if standin else "../../../")
     )
 
 
