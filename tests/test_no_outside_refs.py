@@ -1,6 +1,5 @@
 """Nothing in the repository cites a protocols file outside it (issue #10): every citation points to
-docs/protocols/. PENDING lists the files whose citations are still to be replaced (they were being
-refactored when the rest was done); remove a file from it once it is fixed — the test says when."""
+docs/protocols/. PENDING lists files whose citations are still to be replaced (none left)."""
 
 from __future__ import annotations
 
@@ -10,26 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = re.compile(r"PROTOCOLS|\.\./shared/|(?<![\w/])§\s*\d")
-PENDING = {
-    "lop/algos/cbp.py",
-    "lop/algos/redo.py",
-    "lop/experiments/continual_imagenet.py",
-    "lop/experiments/incremental_cifar.py",
-    "lop/experiments/permuted_mnist.py",
-    "lop/experiments/ppo.py",
-    "lop/experiments/scr.py",
-    "lop/problems/image_tasks.py",
-    "lop/problems/scr.py",
-    "lop/rl/ppo.py",
-    "params/continual_imagenet.yaml",
-    "params/figures.yaml",
-    "params/incremental_cifar.yaml",
-    "params/permuted_mnist.yaml",
-    "params/ppo_ant.yaml",
-    "params/ppo_mujoco.yaml",
-    "params/ppo_slippery_ant.yaml",
-    "params/scr.yaml",
-}
+PENDING: set[str] = set()
 
 
 def _tracked() -> list[str]:

@@ -1,4 +1,4 @@
-"""Continual backpropagation (Dohare et al. 2024, Methods; PROTOCOLS §6), seed-batched.
+"""Continual backpropagation (Dohare et al. 2024, Methods; docs/protocols/cbp.md), seed-batched.
 
 Called after every optimiser step with the hidden activations of that step. For each hidden layer
 and unit i (all runs at once):

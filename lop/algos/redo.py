@@ -4,7 +4,7 @@ At a reset point, for each hidden layer and unit i of every run:
 
 * score s_i = mean|h_i| / (mean over the layer's units of mean|h|), means over the probe batch (and
   spatial positions for channels) — `lop.metrics.redo_scores`;
-* a unit with s_i <= τ (the threshold, 0.1 in PROTOCOLS §5) is *ReDo-dormant* and is reset
+* a unit with s_i <= τ (the threshold, 0.1 in docs/protocols/ppo.md) is *ReDo-dormant* and is reset
   (`lop.algos.unit_reset.reset_units`, shared with CBP):
   incoming weights redrawn from the layer's initial distribution, incoming bias 0, outgoing weights
   exactly 0 (so the network's output is unchanged), BatchNorm of the channel reset to 1, 0, 0, 1,

@@ -1,4 +1,4 @@
-"""Experiment `continual_imagenet`: Continual ImageNet, binary tasks on 32×32 ImageNet (Fig. 1; PROTOCOLS §3).
+"""Experiment `continual_imagenet`: Continual ImageNet, binary tasks on 32×32 ImageNet (Fig. 1; docs/protocols/continual_imagenet.md).
 
 Each task is a new group of `classes_per_task` classes (a pair) from a seeded permutation of the classes,
 with a fresh permutation every ``n_classes // classes_per_task`` tasks. A task trains for
@@ -42,7 +42,7 @@ INPUT_SCALES = {"unit": 1.0 / 255.0, "raw": 1.0}
 
 @dataclass(frozen=True)
 class ContinualImageNetProblem:
-    """Problem settings; defaults are the paper's protocol (PROTOCOLS §3)."""
+    """Problem settings; defaults are the paper's protocol (docs/protocols/continual_imagenet.md)."""
 
     data_dir: str = "data/prepared/imagenet32"
     n_tasks: int = 5000

@@ -1,4 +1,4 @@
-"""Experiment `incremental_cifar`: class-incremental CIFAR-100 with ResNet-18 (Fig. 2; PROTOCOLS §4).
+"""Experiment `incremental_cifar`: class-incremental CIFAR-100 with ResNet-18 (Fig. 2; docs/protocols/incremental_cifar.md).
 
 Training starts on `classes_start` classes of a seeded class order and adds `classes_per_increment` every
 `epochs_per_increment` epochs (20 increments × 200 epochs = 4,000 epochs). Output unit j of a run is the
@@ -65,7 +65,7 @@ RANKS = ("effective_rank", "abs_approximate_rank", "approximate_rank", "stable_r
 
 @dataclass(frozen=True)
 class IncrementalCifarProblem:
-    """Problem settings; defaults are the paper's protocol (PROTOCOLS §4)."""
+    """Problem settings; defaults are the paper's protocol (docs/protocols/incremental_cifar.md)."""
 
     data_dir: str = "data/prepared/cifar100"
     n_classes: int = 100

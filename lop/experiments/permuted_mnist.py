@@ -1,4 +1,4 @@
-"""Experiment `permuted_mnist`: online permuted MNIST (Extended Data Figs. 3 and 4; PROTOCOLS §2).
+"""Experiment `permuted_mnist`: online permuted MNIST (Extended Data Figs. 3 and 4; docs/protocols/permuted_mnist.md).
 
 Each task is a fresh random permutation of the input pixels and a pass over the examples in a fresh
 random order (both from the run seed); batch size 1, cross-entropy. Online accuracy is the prediction
@@ -44,7 +44,7 @@ from lop.rng import RunStreams
 
 @dataclass(frozen=True)
 class PermutedMNISTProblem:
-    """Problem settings; defaults are the paper's protocol (PROTOCOLS §2)."""
+    """Problem settings; defaults are the paper's protocol (docs/protocols/permuted_mnist.md)."""
 
     dataset: Literal["mnist", "digits"] = "mnist"
     data_dir: str = "data/prepared/mnist"
@@ -218,7 +218,7 @@ class PermutedMNISTTrainer(Trainer):
 
     @torch.no_grad()
     def probe(self, task: int) -> list[MetricBlock]:
-        """Internals at the start of `task` on its first `probe_examples` examples (PROTOCOLS §2, §7)."""
+        """Internals at the start of `task` on its first `probe_examples` examples (docs/protocols/permuted_mnist.md, docs/protocols/metrics.md)."""
         n = min(self.p.probe_examples, self.per_task)
         x, _ = self.examples(task, 0, n)
         _, cache = self.net.forward(x)

@@ -1,6 +1,6 @@
 """Experiments `ppo_slippery_ant` (Fig. 3), `ppo_ant` (Fig. 4), `ppo_mujoco` (Extended Data Fig. 5).
 
-PPO (PROTOCOLS §5) on MuJoCo environments, S runs per process. A unit is one PPO update
+PPO (docs/protocols/ppo.md) on MuJoCo environments, S runs per process. A unit is one PPO update
 (``rollout`` env steps per run, then ``epochs`` × ``rollout/minibatch`` Adam steps). Metrics, all at
 step = the env steps of each run at the update's end:
 
@@ -46,7 +46,7 @@ _ENV_KEYS = {f.name for f in fields(EnvConfig)} - {"name"}
 
 @dataclass(frozen=True)
 class PPOProblem:
-    """Problem settings of the PPO experiments; defaults are PROTOCOLS §5 (subclasses set env/steps).
+    """Problem settings of the PPO experiments; defaults are docs/protocols/ppo.md (subclasses set env/steps).
 
     Environment (`lop.envs.EnvConfig`): ``env``, ``max_episode_steps``, ``friction_low``/``high``,
     ``change_every``, ``friction_mix``, ``clip_actions``, ``sim_kwargs``. PPO: ``total_steps`` per run
@@ -160,7 +160,7 @@ class AntProblem(PPOProblem):
 
 @dataclass(frozen=True)
 class MujocoProblem(PPOProblem):
-    """Extended Data Fig. 5: Hopper / Walker2d (``env``), 50M steps (the length PROTOCOLS leaves open)."""
+    """Extended Data Fig. 5: Hopper / Walker2d (``env``), 50M steps (the length the paper leaves open)."""
 
     env: EnvName = "hopper"
     total_steps: int = 50_000_000

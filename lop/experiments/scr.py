@@ -21,7 +21,7 @@ Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "swish", "s
 
 @dataclass(frozen=True)
 class SCRProblem:
-    """Problem settings; defaults are the paper's protocol (PROTOCOLS §1)."""
+    """Problem settings; defaults are the paper's protocol (docs/protocols/scr.md)."""
 
     n_examples: int = 1_000_000
     flip_every: int = 10_000

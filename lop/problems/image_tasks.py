@@ -1,12 +1,12 @@
-"""Task sequences and on-device image data of the image experiments (PROTOCOLS §3, §4).
+"""Task sequences and on-device image data of the image experiments (docs/protocols/continual_imagenet.md, docs/protocols/incremental_cifar.md).
 
 Everything random is drawn from `lop.rng.RunStreams` (row ``s`` depends only on run seed ``s``):
 
-* Continual ImageNet (§3): tasks are disjoint groups of ``k`` classes (pairs) taken from a seeded
+* Continual ImageNet (docs/protocols/continual_imagenet.md): tasks are disjoint groups of ``k`` classes (pairs) taken from a seeded
   permutation of the classes; after ``n_classes // k`` tasks every class has been used once and a
   *fresh* permutation is drawn (block ``b`` uses counter ``b`` of the stream), so no group repeats
   silently when the run is longer than one pass over the classes.
-* Class-incremental CIFAR-100 (§4): one seeded order of the classes; the first ``classes_start``
+* Class-incremental CIFAR-100 (docs/protocols/incremental_cifar.md): one seeded order of the classes; the first ``classes_start``
   classes form increment 0, each later increment adds ``classes_per_increment``.
 * Per-epoch shuffles and probe samples are ``[S, n]`` permutations / index draws at counters derived
   from the task or epoch number, so a resumed run draws the same numbers.
@@ -37,7 +37,7 @@ CLASS_ORDER_STREAM = "tasks/class_order"
 
 # ---- class sequences --------------------------------------------------------------------------------
 class ClassGroupSequence:
-    """Seeded sequence of disjoint class groups (§3): task ``t`` uses classes ``classes(t)`` ``[S, k]``.
+    """Seeded sequence of disjoint class groups (docs/protocols/continual_imagenet.md): task ``t`` uses classes ``classes(t)`` ``[S, k]``.
 
     Task ``t`` lies in block ``b = t // (n_classes // k)``; block ``b`` is a fresh permutation of the
     classes (stream ``name``, counter ``b``) cut into consecutive groups of ``k``. Within a block every
@@ -79,7 +79,7 @@ class ClassGroupSequence:
 
 
 def class_order(streams: RunStreams, n_classes: int, name: str = CLASS_ORDER_STREAM) -> torch.Tensor:
-    """``[S, n_classes]`` seeded class order of class-incremental learning (§4)."""
+    """``[S, n_classes]`` seeded class order of class-incremental learning (docs/protocols/incremental_cifar.md)."""
     return streams.permutation(name, 0, n_classes)
 
 

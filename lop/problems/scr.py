@@ -1,4 +1,4 @@
-"""Slowly-changing regression (PROTOCOLS §1; the paper's Extended Data Fig. 2).
+"""Slowly-changing regression (docs/protocols/scr.md; the paper's Extended Data Fig. 2).
 
 Inputs are m = n_slow + n_fast bits. The fast bits are i.i.d. Bernoulli(0.5) every step. The slow
 bits change every T steps: by default exactly one uniformly chosen slow bit flips (the paper's

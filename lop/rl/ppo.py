@@ -1,4 +1,4 @@
-"""PPO (Schulman et al. 2017) for a batch of S runs, as PROTOCOLS §5 specifies it.
+"""PPO (Schulman et al. 2017) for a batch of S runs, as docs/protocols/ppo.md specifies it.
 
 One update = `collect_rollout` (``rollout`` env steps per run with the current policy) and
 `PPOLearner.update`: GAE(γ, λ) advantages standardised per run, then ``epochs`` passes over the
@@ -39,7 +39,7 @@ MINIBATCH_STREAM = "ppo/minibatch"
 
 @dataclass(frozen=True)
 class PPOSettings:
-    """PPO hyperparameters shared by the runs of a batch (PROTOCOLS §5 defaults)."""
+    """PPO hyperparameters shared by the runs of a batch (docs/protocols/ppo.md defaults)."""
 
     rollout: int = 2048
     epochs: int = 10
