@@ -256,7 +256,8 @@ def test_params_file_encodes_the_paper_protocol():
     assert settings["head_reset"].config.head_reset and settings["retrained"].config.retrain
     assert settings["snp"].config.noise_std == 1e-5
     cbp = settings["cbp"].config.cbp
-    assert (cbp.replacement_rate, cbp.maturity, cbp.decay, cbp.utility) == (1e-5, 1000, 0.99, "contribution")
+    # the paper scale ranks units as the reference code did (docs/protocols/reference-differences.md)
+    assert (cbp.replacement_rate, cbp.maturity, cbp.decay, cbp.utility) == (1e-5, 1000, 0.99, "reference_sum")
     assert p.resources("paper").gpu == 1 and len(p.seeds("paper")) == 30
 
 

@@ -13,10 +13,10 @@ from lop.params import expand_jobs, load_params, n_runs, select_runs
 
 def test_paper_grids_match_the_protocol(repo):
     scr = load_params(repo / "params" / "scr.yaml")
-    assert n_runs(scr, "paper") == 26 * 100  # bp×3, bp_adam×3, linear×3, l2×6, snp×6, cbp×5; 100 seeds
-    assert {len(v) for v in scr.settings["paper"].values()} == {3, 6, 5}
+    assert n_runs(scr, "paper") == 30 * 100  # bp×3, bp_adam×3, linear×3, l2×6, snp×6, cbp×5, l2_init×4; 100 seeds
+    assert {len(v) for v in scr.settings["paper"].values()} == {3, 4, 6, 5}
     pm = load_params(repo / "params" / "permuted_mnist.yaml")
-    assert n_runs(pm, "paper") == 21 * 30  # 7 families × 3 settings, 30 runs each
+    assert n_runs(pm, "paper") == 24 * 30  # 7 families × 3 settings + l2_init × 3, 30 runs each
     assert pm.problems["paper"].width == 2000 and pm.problems["paper"].n_tasks == 800
     jobs = expand_jobs(pm, "paper")
     assert all(j.resources["gpu"] == 1 for j in jobs)

@@ -23,6 +23,7 @@ PAPER_GRIDS: dict[str, dict[str, tuple[int, int]]] = {
         "l2": (6, 100),
         "snp": (6, 100),
         "cbp": (5, 100),
+        "l2_init": (4, 100),  # L2-Init (not in the paper): the method layer's proof method
     },
     # docs/protocols/permuted_mnist.md, permuted MNIST: SGD 3 steps, widths 3, change rates 3 (one method each: they change the task
     # length), Adam 3, L2 3, S&P 3, CBP 3; 30 runs each.
@@ -36,6 +37,7 @@ PAPER_GRIDS: dict[str, dict[str, tuple[int, int]]] = {
         "l2": (3, 30),
         "snp": (3, 30),
         "cbp": (3, 30),
+        "l2_init": (3, 30),  # L2-Init (not in the paper)
     },
 }
 RUN_RE = re.compile(
