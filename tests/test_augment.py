@@ -107,11 +107,26 @@ def test_rotation_identity_and_quarter_turns() -> None:
 
 def test_rotation_fills_zero_and_keeps_centre() -> None:
     x = torch.ones(1, 2, 3, 32, 32)
-    out = rotate(x, torch.tensor([[45.0, 10.0]]))
+    out = rotate(x, torch.tensor([[45.0, 10.0]]), "bilinear")
     assert float(out[0, 0, :, 0, 0].abs().max()) == 0.0  # corner comes from outside the image
     assert float(out[0, 1, :, 0, 0].abs().max()) < 1.0
     torch.testing.assert_close(out[:, :, :, 12:20, 12:20], torch.ones(1, 2, 3, 8, 8))
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6
+
+
+def test_nearest_rotation_copies_input_pixels_and_bilinear_blends() -> None:
+    """The default (nearest, as the reference's torchvision rotation) only copies input values (or the 0
+    fill); bilinear produces new in-between values on the same image and angle."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 2, 3, 32, 32, generator=gen)
+    angles = torch.tensor([[7.0, 13.0]])
+    near = rotate(x, angles)
+    allowed = torch.cat([x.flatten(), torch.zeros(1)])
+    assert bool(torch.isin(near.flatten(), allowed).all())
+    torch.testing.assert_close(near, rotate(x, angles, "nearest"), rtol=0, atol=0)
+    bil = rotate(x, angles, "bilinear")
+    assert float(torch.isin(bil.flatten(), allowed).float().mean()) < 0.1
+    assert float((near - bil).abs().gt(0.01).float().mean()) > 0.5
 
 
 def test_random_rotation_range() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,11 +95,16 @@ def random_crop(
     return crop_padded(x, off[..., 0], off[..., 1], padding)
 
 
-def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+def rotate(
+    x: torch.Tensor, degrees: torch.Tensor, interpolation: Literal["nearest", "bilinear"] = "nearest"
+) -> torch.Tensor:
     """Rotate each image counter-clockwise by ``degrees`` ``[S, B]`` about its centre.
 
-    Bilinear interpolation (``affine_grid``/``grid_sample``, align_corners=False), zero fill outside
-    the source image; 90° on a square image equals ``torch.rot90(x, 1, dims=(-2, -1))``.
+    Each output pixel takes the input at the rotated position (``affine_grid``/``grid_sample``,
+    align_corners=False), zero fill outside the source image. ``nearest`` (the default, as the
+    reference code's torchvision rotation) copies the nearest input pixel, so every output value is
+    an input value or 0; ``bilinear`` interpolates the four neighbours. 90° on a square image equals
+    ``torch.rot90(x, 1, dims=(-2, -1))`` in both modes.
     """
     s, b, c, h, w = _check(x)
     if not x.is_floating_point():
@@ -114,7 +120,7 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     theta = theta.reshape(s * b, 2, 3).to(x.dtype)
     flat = x.reshape(s * b, c, h, w)
     grid = F.affine_grid(theta, [s * b, c, h, w], align_corners=False)
-    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(flat, grid, mode=interpolation, padding_mode="zeros", align_corners=False)
     return out.view(s, b, c, h, w)
 
 
@@ -124,6 +130,7 @@ def random_rotation(
     name: str,
     counter: int,
     degrees: tuple[float, float] = (0.0, 15.0),
+    interpolation: Literal["nearest", "bilinear"] = "nearest",
 ) -> torch.Tensor:
     """Rotate each image by an angle uniform on ``degrees`` (default (0, 15), see the module doc)."""
     _, b, *_ = _check(x)
@@ -131,7 +138,7 @@ def random_rotation(
     if hi < lo:
         raise ValueError(f"rotation range must be (low, high) with low <= high, got {degrees}")
     angle = streams.uniform(name, counter, (b,), lo, hi, dtype=torch.float64).to(x.device)
-    return rotate(x, angle)
+    return rotate(x, angle, interpolation)
 
 
 def cifar_train_transform(
@@ -144,6 +151,7 @@ def cifar_train_transform(
     flip_p: float = 0.5,
     padding: int = 4,
     degrees: tuple[float, float] = (0.0, 15.0),
+    interpolation: Literal["nearest", "bilinear"] = "nearest",
 ) -> torch.Tensor:
     """The CIFAR-100 training augmentation of docs/protocols/incremental_cifar.md (reference order), float ``[S, B, 3, H, W]``.
 
@@ -152,7 +160,7 @@ def cifar_train_transform(
     x = normalize(to_unit_float(x), mean, std)
     x = random_hflip(x, streams, f"{name}/flip", counter, flip_p)
     x = random_crop(x, streams, f"{name}/crop", counter, padding)
-    return random_rotation(x, streams, f"{name}/rotate", counter, degrees)
+    return random_rotation(x, streams, f"{name}/rotate", counter, degrees, interpolation)
 
 
 def cifar_test_transform(

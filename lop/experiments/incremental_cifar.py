@@ -84,6 +84,8 @@ class IncrementalCifarProblem:
     flip_p: float = 0.5
     crop_padding: int = 4
     rotation_degrees: tuple[float, float] = (0.0, 15.0)
+    # nearest-neighbour as the reference's torchvision rotation; bilinear smooths (earlier default)
+    rotation_interpolation: Literal["nearest", "bilinear"] = "nearest"
     image_size: Literal[32, 16, 8] = 32
     width: int = 64  # ResNet-18 stem/stage-1 channels; stages width·(1, 2, 4, 8), features 8·width
     resnet_init: Literal["reference", "torchvision"] = "reference"
@@ -278,6 +280,7 @@ class IncrementalCifarTrainer(Trainer):
                 flip_p=p.flip_p,
                 padding=p.crop_padding,
                 degrees=tuple(p.rotation_degrees),
+                interpolation=p.rotation_interpolation,
             )
         else:
             out = cifar_test_transform(x)
@@ -296,6 +299,7 @@ class IncrementalCifarTrainer(Trainer):
             flip_p=p.flip_p,
             padding=p.crop_padding,
             degrees=tuple(p.rotation_degrees),
+            interpolation=p.rotation_interpolation,
         )
         return downsample(out, p.image_size)
 
