@@ -72,7 +72,7 @@ def _edited_dry_run(ws: Path, path: str, old: str, new: str) -> dict[str, int]:
 def test_changing_one_methods_grid_reruns_only_its_jobs(built):
     ws, _ = built
     stats = _edited_dry_run(
-        ws, "params/scr.yaml", "grid: {noise_std: [1.0e-3]}", "grid: {noise_std: [2.0e-3]}"
+        ws, "params/scr.yaml", "snp: {grid: {noise_std: [0.001]}}", "snp: {grid: {noise_std: [0.002]}}"
     )
     train = {r for r in stats if r.startswith("train__")}
     assert train and all(r.startswith("train__scr__snp__") for r in train), train
@@ -82,7 +82,7 @@ def test_changing_one_methods_grid_reruns_only_its_jobs(built):
 
 def test_a_methods_base_config_is_tracked_too(built):
     ws, _ = built
-    old = "l2: {base: {optimizer: sgd, lr: 0.01}, grid: {weight_decay: [1.0e-3]}}"
+    old = "  l2:\n    base: {optimizer: sgd, lr: 0.01}"  # the method's one definition (all scales patch it)
     stats = _edited_dry_run(ws, "params/scr.yaml", old, old.replace("lr: 0.01", "lr: 0.02"))
     assert (
         {r for r in stats if r.startswith("train__")}

@@ -193,10 +193,16 @@ def test_diverging_run_is_recorded_not_crashed(tmp_path: Path, one_thread: None)
 
 @pytest.mark.parametrize(
     ("params", "method"),
-    [("ppo_slippery_ant", "cbp_l2"), pytest.param("ppo_ant", "redo", marks=pytest.mark.slow)],
+    [
+        ("ppo_slippery_ant", "cbp_l2"),
+        pytest.param("ppo_ant", "redo", marks=pytest.mark.slow),
+        pytest.param("ppo_mujoco", "cbp_l2", marks=pytest.mark.slow),  # with --setting-id: one env per job
+    ],
 )
 def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, params: str, method: str) -> None:
     args = ["run", "--params", f"params/{params}.yaml", "--scale", "smoke", "--method", method]
+    if params == "ppo_mujoco":
+        args += ["--setting-id", "problem.env=hopper"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = run_lop(*args, "--out", str(full), "--checkpoint-every", "1", env=ONE_THREAD)
     assert r.returncode == 0, r.stderr
