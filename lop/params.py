@@ -253,6 +253,12 @@ def _resolve_methods(path: Path, raw: Any) -> tuple[Any, list[Path]]:
                 f"{path}:presets", "expected a path relative to the params folder, e.g. presets/ppo.yaml"
             )
         ppath = path.parent / preset
+        if not ppath.is_file():
+            raise ConfigError(
+                f"{path}:presets",
+                f"{ppath} not found; the presets path is relative to the params file's folder "
+                "(copy params/presets/ along with the file)",
+            )
         pdata = load_yaml(ppath, "presets file")
         if (
             not isinstance(pdata, Mapping)

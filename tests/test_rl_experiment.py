@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -117,6 +118,7 @@ def test_bad_problem_settings_are_config_errors(tmp_path: Path, problem: dict, k
     data["scales"]["demo"]["problem"] = problem
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
+    shutil.copytree(REPO / "params" / "presets", tmp_path / "presets")  # the shared PPO presets
     with pytest.raises(ConfigError) as err:
         load_params(path)
     assert f"scales.demo.{key}" in str(err.value) and str(path) in str(err.value)
@@ -127,6 +129,7 @@ def test_cli_validate_reports_a_bad_minibatch_in_one_line(tmp_path: Path) -> Non
     data["scales"]["paper"]["problem"] = {"minibatch": 100}
     path = tmp_path / "ppo_ant.yaml"
     path.write_text(yaml.safe_dump(data))
+    shutil.copytree(REPO / "params" / "presets", tmp_path / "presets")
     r = run_lop("params", "validate", str(path))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
