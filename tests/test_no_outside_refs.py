@@ -1,5 +1,5 @@
 """Nothing in the repository cites a protocols file outside it (issue #10): every citation points to
-docs/protocols/. PENDING lists files whose citations are still to be replaced (none left)."""
+docs/protocols/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = re.compile(r"PROTOCOLS|\.\./shared/|(?<![\w/])§\s*\d")
-PENDING: set[str] = set()
 
 
 def _tracked() -> list[str]:
@@ -32,5 +31,4 @@ def test_citations_point_inside_the_repository():
             continue
         if OUTSIDE.search(text):
             offenders.add(rel)
-    assert offenders - PENDING == set(), "cite docs/protocols/<page>.md instead"
-    assert PENDING - offenders == set(), "fixed: remove these from PENDING"
+    assert offenders == set(), "cite docs/protocols/<page>.md instead"
