@@ -6,16 +6,21 @@ random draws come from `lop.rng`). Methods are registered once, with `register`;
 a method. A learner builds one `MethodStack` and calls its hook points, in this order, every step:
 
 1. ``mix_batch(t, x, y)``      data hook: replay methods mix stored examples into the batch;
-2. forward pass, loss, backward (the learner's own);
-3. ``edit_grads(t, grads)``    loss terms and gradient edits: a penalty P(θ) adds ∂P/∂θ here;
+2. forward pass and loss (the learner's own), plus
+   ``loss_terms(t, x, y, logits)``  per-run loss terms that need the forward pass (distillation),
+   added to the learner's loss before its backward pass;
+3. ``edit_grads(t, grads)``    gradient edits: an analytic penalty P(θ) adds ∂P/∂θ here
+                               (the grads are those of the loss *with* the loss terms);
 4. the optimiser step (SGD/Adam with L2 inside, built by the stack from the method configs);
 5. ``after_step(t, acts)``     after the step, with the step's hidden activations
                                (Shrink & Perturb noise, then continual backprop);
 
 and, at the learner's period boundaries (a PPO update, the end of a task),
 
-6. ``at_boundary(c, probe)``   with ``probe()`` returning hidden activations on probe data (ReDo),
-                               consolidation, expansion.
+6. ``at_boundary(c, probe)``   with ``probe()`` returning hidden activations on probe data (ReDo);
+7. ``end_task(task, ctx)``     at the end of each task of a task sequence, with a `TaskEnd` giving the
+                               finished task's training data and the network's masked log-probabilities
+                               (consolidation: EWC's Fisher, SI's Ω, LwF's old model, expansion).
 
 Hooks run in registration order at each point. A learner declares the hook points it calls
 (`HOOK_POINTS`); a method whose points a learner does not call is *unsupported* there and rejected
@@ -26,7 +31,7 @@ point are called at it (lists precomputed at construction): a method that is off
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,19 +43,38 @@ from lop.nets.units import UnitLayer
 from lop.optim import BatchedOptimizer, make_optimizer
 from lop.rng import RunStreams
 
-POINTS = ("mix_batch", "edit_grads", "after_step", "at_boundary")
+POINTS = ("mix_batch", "loss_terms", "edit_grads", "after_step", "at_boundary", "end_task")
 # keys that configure the optimiser every learner builds through the stack
 OPTIMIZER_KEYS = frozenset({"optimizer", "lr", "momentum", "betas", "eps", "weight_decay"})
 
 
 @dataclass
 class MethodContext:
-    """What a hook may touch: the optimised tensors, the hidden unit layers, the optimiser, the streams."""
+    """What a hook may touch: the optimised tensors, the hidden unit layers, the optimiser, the streams,
+    and (where the learner passes it) the network itself, e.g. to keep a frozen copy of it."""
 
     params: list[torch.Tensor]
     unit_layers: list[UnitLayer]
     optimizer: BatchedOptimizer
     streams: RunStreams
+    net: Any = None
+
+
+@dataclass
+class TaskEnd:
+    """What a task-sequence learner hands to `MethodHook.end_task` when task ``task`` (1-based) ends.
+
+    ``batches(n, batch_size)`` yields ``(x [S, B, ...], y [S, B])`` covering ``n`` examples of the
+    finished task's training data per run, in a fixed order (deterministic for a given run and task);
+    ``log_probs(x, y)`` is the current network's log-probabilities ``[S, B, C]`` under the scenario's
+    output mask for the examples' labels (masked classes get −inf), with the autograd graph to the
+    parameters; ``params`` are the optimised tensors (aligned with the context's).
+    """
+
+    task: int
+    batches: Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    log_probs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    params: list[torch.Tensor]
 
 
 class MethodHook:
@@ -62,12 +86,22 @@ class MethodHook:
     def mix_batch(self, t: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
+    def loss_terms(
+        self, t: int, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A per-run loss term ``[S]`` (with its graph) added to the learner's loss, or None."""
+        return None
+
     def edit_grads(self, t: int, grads: list[torch.Tensor]) -> None:
         """Edit the gradients (aligned with the context's params) in place."""
 
     def after_step(self, t: int, activations: Sequence[torch.Tensor]) -> None: ...
 
     def at_boundary(self, counter: int, probe: Callable[[], list[torch.Tensor]]) -> Any:
+        return None
+
+    def end_task(self, task: int, ctx: TaskEnd) -> Any:
+        """Consolidate after task ``task``; may return per-run metrics ``{name: [S] tensor}``."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -145,6 +179,7 @@ class MethodStack:
         *,
         params: Callable[[bool], list[torch.Tensor]] | list[torch.Tensor],
         unit_layers: Sequence[UnitLayer] = (),
+        net: Any = None,
         learner_points: frozenset[str] = frozenset(POINTS),
         fuse_if_possible: bool = False,
     ) -> None:
@@ -165,13 +200,15 @@ class MethodStack:
         self.resettable = not fuse_if_possible or any(e.resets_units for e, _ in entries)
         plist = params(self.resettable) if callable(params) else list(params)
         self.optimizer = make_optimizer(plist, methods, streams.device, resettable=self.resettable)
-        ctx = MethodContext(plist, list(unit_layers), self.optimizer, streams)
+        ctx = MethodContext(plist, list(unit_layers), self.optimizer, streams, net)
         self.hooks: dict[str, MethodHook] = {e.key: e.build(values, ctx) for e, values in entries}
         self.needs_activations = any(e.needs_activations for e, _ in entries)
         by_point = {p: [h for h in self.hooks.values() if p in h.points] for p in POINTS}
-        self._mix, self._grads = by_point["mix_batch"], by_point["edit_grads"]
+        self._mix, self._loss, self._grads = by_point["mix_batch"], by_point["loss_terms"], by_point["edit_grads"]
         self._after, self._boundary = by_point["after_step"], by_point["at_boundary"]
+        self._end_task = by_point["end_task"]
         self.has_boundary = bool(self._boundary)
+        self.has_loss_terms = bool(self._loss)
 
     def get(self, key: str) -> MethodHook | None:
         return self.hooks.get(key)
@@ -180,6 +217,17 @@ class MethodStack:
         for h in self._mix:
             x, y = h.mix_batch(t, x, y)
         return x, y
+
+    def loss_terms(
+        self, t: int, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Point 2: the sum of the hooks' per-run loss terms ``[S]``, or None when no hook adds one."""
+        total = None
+        for h in self._loss:
+            term = h.loss_terms(t, x, y, logits)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
 
     def step(self, t: int, grads: list[torch.Tensor], activations: Sequence[torch.Tensor] = ()) -> None:
         """Points 3–5: gradient edits, the optimiser step, then the after-step hooks."""
@@ -192,6 +240,10 @@ class MethodStack:
     def at_boundary(self, counter: int, probe: Callable[[], list[torch.Tensor]]) -> dict[str, Any]:
         """Point 6; returns each boundary hook's result by method key."""
         return {k: h.at_boundary(counter, probe) for k, h in self.hooks.items() if h in self._boundary}
+
+    def end_task(self, task: int, ctx: TaskEnd) -> dict[str, Any]:
+        """Point 7; returns each end-of-task hook's result by method key."""
+        return {k: h.end_task(task, ctx) for k, h in self.hooks.items() if h in self._end_task}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -299,7 +299,12 @@ class MinibatchLearner:
         self.params = net.parameters()
         self.cbp_layers = list(cbp_layers)
         self.methods = MethodStack(
-            methods, streams, params=self.params, unit_layers=self.cbp_layers, learner_points=self.HOOK_POINTS
+            methods,
+            streams,
+            params=self.params,
+            unit_layers=self.cbp_layers,
+            net=net,
+            learner_points=self.HOOK_POINTS,
         )
         self.optimizer = self.methods.optimizer
         cbp = self.methods.get("cbp")
