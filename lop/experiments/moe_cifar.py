@@ -41,7 +41,7 @@ from lop.algos.adamw import RunAdamW
 from lop.algos.ddas import TaskAutoencoders, select_routes
 from lop.config import MoEAdaptersConfig, check
 from lop.errors import ConfigError
-from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
 from lop.nets.clip import (
     ARCHS,
     encode_image,
@@ -392,18 +392,46 @@ class MoECifarTrainer(Trainer):
         return dict(self.model.params)
 
 
+@dataclass(frozen=True)
+class MoECifar20Problem(MoECifarProblem):
+    """The 20-step protocol (5 classes per task)."""
+
+    n_steps: int = 20
+
+
+@dataclass(frozen=True)
+class MoECifar50Problem(MoECifarProblem):
+    """The 50-step protocol (2 classes per task, batch 64)."""
+
+    n_steps: int = 50
+    batch_size: int = 64
+
+
 def build(problem: MoECifarProblem, runs: Sequence[RunSpec], device: torch.device) -> Trainer:
+    for r in runs:
+        cfg = r.config.moe_adapters or MoEAdaptersConfig()
+        extra = [k for k in set_method_keys(r.config) if k != "moe_adapters"]
+        if cfg.mode == "zero_shot" and extra:
+            raise ConfigError(
+                f"methods.{r.method}.{extra[0]}",
+                "mode: zero_shot trains nothing, so optimiser settings would be ignored; remove them",
+            )
     return MoECifarTrainer(problem, runs, device)
 
 
 SUPPORTS = frozenset({"optimizer", "lr", "betas", "eps", "weight_decay", "moe_adapters"})
 
-EXPERIMENT = ExperimentSpec(
-    name="moe_cifar",
-    problem_cls=MoECifarProblem,
-    build=build,
-    description="Class-incremental CIFAR-100 (10/20/50 steps) on a frozen CLIP with MoE adapters (Yu et al. 2024)",
-    needs_data=("cifar100",),
-    supports=SUPPORTS,
-)
 
+def _spec(name: str, problem_cls: type, steps: int) -> ExperimentSpec:
+    return ExperimentSpec(
+        name=name,
+        problem_cls=problem_cls,
+        build=build,
+        description=f"Class-incremental CIFAR-100 in {steps} steps on a frozen CLIP with MoE adapters (Yu et al. 2024)",
+        needs_data=("cifar100",),
+        supports=SUPPORTS,
+    )
+
+
+EXPERIMENT = _spec("moe_cifar", MoECifarProblem, 10)
+EXPERIMENTS = [_spec("moe_cifar_20", MoECifar20Problem, 20), _spec("moe_cifar_50", MoECifar50Problem, 50)]
