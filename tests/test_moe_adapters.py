@@ -4,6 +4,7 @@ from a state-dict file, the BPE tokenizer, batch independence and bad settings o
 from __future__ import annotations
 
 import gzip
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from lop.algos.ddas import TaskAutoencoders, select_routes
 from lop.config import MethodConfig, MoEAdaptersConfig, from_dict
 from lop.errors import ConfigError, DataError
 from lop.experiments.base import RunSpec, check_supported, get_experiment
-from lop.experiments.moe_cifar import CLASS_ORDER_1993, CIFAR100_NAMES, cosine_factor
+from lop.experiments.moe_cifar import CIFAR100_NAMES, CLASS_ORDER_1993, cosine_factor
 from lop.nets.clip import ARCHS, encode_image, encode_text, load_clip_state, random_clip_state, state_shapes
 from lop.nets.clip_tokenizer import BPETokenizer, ByteTokenizer, byte_symbols
 from lop.nets.moe_adapters import MoEAdapters, top_k_gates
@@ -234,7 +235,7 @@ def test_text_encoder_reads_the_end_token_and_is_causal():
 
 
 def write_merges(path: Path) -> None:
-    path.write_bytes(gzip.compress("#version: test\nh e\nl l\nhe ll\nhell o</w>\n".encode()))
+    path.write_bytes(gzip.compress(b"#version: test\nh e\nl l\nhe ll\nhell o</w>\n"))
 
 
 def test_bpe_tokenizer_on_a_tiny_vocabulary(tmp_path):
@@ -263,7 +264,7 @@ def test_class_order_and_names():
 def test_cosine_schedule_warms_up_then_decays():
     f = [cosine_factor(i, 100, 30) for i in range(100)]
     assert f[0] == pytest.approx(1 / 30) and f[29] == pytest.approx(1.0) and f[30] == pytest.approx(1.0)
-    assert f[99] < 0.01 and all(a >= b for a, b in zip(f[30:], f[31:]))
+    assert f[99] < 0.01 and all(a >= b for a, b in itertools.pairwise(f[30:]))
 
 
 def run(tmp: Path, data: Path, moe: dict, seeds=(0,), problem: dict | None = None) -> list[Path]:
@@ -336,5 +337,5 @@ def test_problem_needs_the_bpe_tokenizer_for_vit_b16_and_the_weights_file(tmp_pa
         from_dict(spec.problem_cls, {"tokenizer": "bytes"}, "p")
     prob = from_dict(spec.problem_cls, {"data_dir": str(prepared_standins["cifar100"]), "weights": str(tmp_path / "none.pt")}, "p")
     cfg = from_dict(MethodConfig, {"optimizer": "adam", "lr": 1e-3}, "m")
-    with pytest.raises(DataError, match="none.pt: no CLIP weights file"):
+    with pytest.raises(DataError, match=r"none\.pt: no CLIP weights file"):
         spec.build(prob, [RunSpec("m", "d", {}, cfg, 0)], CPU)
