@@ -270,7 +270,8 @@ def test_cosine_schedule_warms_up_then_decays():
 def run(tmp: Path, data: Path, moe: dict, seeds=(0,), problem: dict | None = None) -> list[Path]:
     spec = get_experiment("moe_cifar")
     prob = from_dict(spec.problem_cls, {**SMOKE, **(problem or {}), "data_dir": str(data)}, "p")
-    cfg = from_dict(MethodConfig, {"optimizer": "adam", "lr": 0.01, "moe_adapters": moe}, "m")
+    opt = {} if moe.get("mode") == "zero_shot" else {"optimizer": "adam", "lr": 0.01}
+    cfg = from_dict(MethodConfig, {**opt, "moe_adapters": moe}, "m")
     return run_group(spec, prob, [RunSpec("m", "d", {}, cfg, s) for s in seeds], tmp, scale="smoke", device=CPU, progress=False)
 
 
@@ -331,6 +332,14 @@ def test_other_experiments_reject_moe_adapters_and_moe_cifar_rejects_other_keys(
     assert MoEAdaptersConfig().balance_weight == 0.01
 
 
+def test_zero_shot_rejects_optimiser_settings(prepared_standins):
+    spec = get_experiment("moe_cifar")
+    prob = from_dict(spec.problem_cls, {**SMOKE, "data_dir": str(prepared_standins["cifar100"])}, "p")
+    cfg = from_dict(MethodConfig, {"lr": 0.5, "moe_adapters": {"mode": "zero_shot"}}, "m")
+    with pytest.raises(ConfigError, match=r"methods\.m\.lr.*zero_shot trains nothing"):
+        spec.build(prob, [RunSpec("m", "d", {}, cfg, 0)], CPU)
+
+
 def test_problem_needs_the_bpe_tokenizer_for_vit_b16_and_the_weights_file(tmp_path, prepared_standins):
     spec = get_experiment("moe_cifar")
     with pytest.raises(ConfigError, match=r"p\.tokenizer"):
@@ -339,3 +348,45 @@ def test_problem_needs_the_bpe_tokenizer_for_vit_b16_and_the_weights_file(tmp_pa
     cfg = from_dict(MethodConfig, {"optimizer": "adam", "lr": 1e-3}, "m")
     with pytest.raises(DataError, match=r"none\.pt: no CLIP weights file"):
         spec.build(prob, [RunSpec("m", "d", {}, cfg, 0)], CPU)
+
+
+def test_resume_from_state_continues_identically(prepared_standins):
+    """A trainer restored from another's state after task 1 trains task 2 exactly like the original
+    (adapters, usage counts, frozen experts, optimiser, autoencoders, accuracy matrix)."""
+    spec = get_experiment("moe_cifar")
+    prob = from_dict(spec.problem_cls, {**SMOKE, "data_dir": str(prepared_standins["cifar100"])}, "p")
+    moe = {"experts": 3, "top_k": 2, "routers": "per_task", "ddas": "per_sample", "freeze_top": 1, "ddas_steps_first": 5, "ddas_steps": 5}
+    cfg = from_dict(MethodConfig, {"optimizer": "adam", "lr": 0.01, "moe_adapters": moe}, "m")
+    runs = [RunSpec("m", "d", {}, cfg, 3)]
+    a = spec.build(prob, runs, CPU)
+    a.train_unit(0)
+    assert bool(a.adapters.frozen["visual"].any())
+    b = spec.build(prob, runs, CPU)
+    b.load_state_dict({k: v for k, v in a.state_dict().items()})
+    ma, mb = a.train_unit(1), b.train_unit(1)
+    assert [m.name for m in ma] == [m.name for m in mb]
+    for x, y in zip(ma, mb):
+        assert torch.equal(x.values, y.values), x.name
+
+
+@pytest.mark.slow
+def test_smoke_scale_end_to_end_through_lop_run(tmp_path, prepared_standins, monkeypatch):
+    """`lop run` on params/moe_cifar.yaml's smoke scale writes complete runs with the accuracy matrix."""
+    from lop.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "cifar100-standin").symlink_to(prepared_standins["cifar100"])
+    monkeypatch.chdir(tmp_path)
+    for method in ("moe_ddas", "zero_shot"):
+        rc = main(["run", "--params", str(root / "params/moe_cifar.yaml"), "--scale", "smoke", "--method", method,
+                   "--setting-id", "default", "--seeds", "0,1", "--out", "out", "--no-progress"])  # fmt: skip
+        assert rc in (0, None)
+        for seed in (0, 1):
+            d = tmp_path / "out" / method / "default" / f"seed-{seed}"
+            assert '"status": "complete"' in (d / "run.json").read_text()
+            from lop.cl_metrics import accuracy_matrix
+
+            df = pd.read_parquet(d / "metrics.parquet")
+            r = accuracy_matrix(zip(df.step, df.metric, df.value), n_tasks=2)
+            assert r.shape == (3, 2) and not torch.isnan(torch.tensor(r[2])).any()

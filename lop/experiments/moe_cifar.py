@@ -204,7 +204,7 @@ class MoECifarTrainer(Trainer):
                 scale=cfg.scale,
                 dropout=cfg.dropout,
             )
-            self.model = TensorHolder(self.adapters.params)
+            self.model: MoEAdapters | TensorHolder = self.adapters  # params, usage counts, frozen experts
         elif cfg.mode == "full_finetune":
             per_run = {
                 k: v.expand(s, *v.shape).clone().requires_grad_(True) for k, v in self.frozen.items() if k != "logit_scale"
