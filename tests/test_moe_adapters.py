@@ -390,3 +390,19 @@ def test_smoke_scale_end_to_end_through_lop_run(tmp_path, prepared_standins, mon
             df = pd.read_parquet(d / "metrics.parquet")
             r = accuracy_matrix(zip(df.step, df.metric, df.value), n_tasks=2)
             assert r.shape == (3, 2) and not torch.isnan(torch.tensor(r[2])).any()
+
+
+def test_demo_and_paper_scales_are_skipped_with_one_line_without_the_weights(tmp_path):
+    from lop.params import load_params, missing_files, skip_line
+
+    root = Path(__file__).resolve().parents[1]
+    p = load_params(root / "params/moe_cifar.yaml")
+    assert missing_files(p, "smoke", tmp_path) == []
+    missing = missing_files(p, "demo", tmp_path)
+    assert missing == ["data/clip/ViT-B-16.pt", "data/clip/bpe_simple_vocab_16e6.txt.gz"]
+    line = skip_line(p, "demo", missing)
+    assert "\n" not in line and "moe_cifar" in line and "docs/protocols/moe_cifar.md" in line
+    for f in missing:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_bytes(b"x")
+    assert missing_files(p, "demo", tmp_path) == []
