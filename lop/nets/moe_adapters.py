@@ -25,8 +25,9 @@ top-k while training the current task; `freeze_most_used` adds the `n` most used
 Routes: ``route`` is one router index for the whole batch or an ``[S, B]`` tensor (per sample, DDAS);
 a route of −1 means "no adapters" (zero-shot CLIP) for that sample.
 
-Random numbers: stream ``moe/noise/<encoder>/<block>`` and ``moe/dropout/<encoder>/<block>``, counter =
-the training step, so a run's draws do not depend on its batch.
+Random numbers: streams ``moe/noise/<encoder>/<block>`` and ``moe/dropout/<encoder>/<block>``, counter =
+the training step (test-time noise: ``moe/noise/<encoder>/<block>/test``, counter = the evaluation
+batch), so a run's draws do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ class MoEAdapters:
         logits = self._logits(c, self._router_weights(f"{enc}.router.gate", layer, ctx.route))
         if ctx.noise:
             std = F.softplus(self._logits(c, self._router_weights(f"{enc}.router.noise", layer, ctx.route))) + 0.01
-            z = self.streams.normal(f"moe/noise/{enc}/{layer}", ctx.step, tuple(logits.shape[1:]))
+            phase = "" if ctx.training else "/test"  # test-time noise (noise_at_test) on its own streams
+            z = self.streams.normal(f"moe/noise/{enc}/{layer}{phase}", ctx.step, tuple(logits.shape[1:]))
             logits = logits + z * std
         g = top_k_gates(logits, self.top_k)
         if isinstance(ctx.route, torch.Tensor):
