@@ -406,3 +406,18 @@ def test_demo_and_paper_scales_are_skipped_with_one_line_without_the_weights(tmp
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_bytes(b"x")
     assert missing_files(p, "demo", tmp_path) == []
+
+
+def test_dormant_bottleneck_units_probe():
+    """Units that never fire while probing count as dormant: one silenced expert in every image block =
+    1/8 of all bottleneck units (4 experts × 2 blocks × 2 encoders)."""
+    ad = adapters(seeds=(0,))
+    with torch.no_grad():
+        ad.params["visual.down.bias"][:, :, 0] = -1e3
+    ad.ctx.probe = True
+    for layer in range(2):
+        ad("visual", layer, torch.randn(1, 16, 5, TINY.vision_width))
+        ad("text", layer, torch.randn(1, 16, 5, TINY.text_width))
+    assert float(ad.dormant_fraction()[0]) == pytest.approx(1 / 8)
+    ad.reset_active()
+    assert float(ad.dormant_fraction()[0]) == 1.0

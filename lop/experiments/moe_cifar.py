@@ -21,7 +21,9 @@ Unit = one task. Metrics (step = tasks trained):
 * step t ≥ 1: ``test_accuracy/task_j`` for j ≤ t (accuracy on task j's test images, argmax over the
   seen classes: row t of the accuracy matrix of `lop.cl_metrics`), ``seen_accuracy`` (all seen test
   images), ``train_loss`` (mean over the task's steps), ``adapter_weight_magnitude`` (mean |θ| of the
-  trained tensors, a plasticity probe), ``balance_loss`` and, with DDAS, ``ddas_zero_shot_fraction`` and
+  trained tensors, a plasticity probe), ``adapter_dormant_units`` (adapters only: fraction of bottleneck
+  units, over all blocks and experts of both encoders, that are zero on every token of the step's
+  evaluation — test images and class prompts), ``balance_loss`` and, with DDAS, ``ddas_zero_shot_fraction`` and
   ``ddas_route_accuracy`` (fraction of seen test images sent to their own task's router);
 * last step: ``avg_accuracy`` (mean of ``seen_accuracy`` over the steps, step 1 included: the paper's
   "Avg", = `lop.cl_metrics.avg_incremental_acc` for equal tasks) and ``last_accuracy`` (all classes).
@@ -317,7 +319,8 @@ class MoECifarTrainer(Trainer):
         ddas = use and self.cfg.ddas != "off"
         ad = self.adapters
         if ad is not None:
-            ad.ctx.training, ad.ctx.noise = False, self.cfg.noise_at_test
+            ad.ctx.training, ad.ctx.noise, ad.ctx.probe = False, self.cfg.noise_at_test, use
+            ad.reset_active()
         n_routes = (n_tasks if self.cfg.routers == "per_task" else 1) if use else 0
         txt_by_route = []  # route -1 (zero-shot) first, then each router
         w = self.weights()
@@ -348,6 +351,8 @@ class MoECifarTrainer(Trainer):
             t = torch.gather(txt, 1, (route + 1)[:, :, None, None].expand(-1, -1, *txt.shape[2:]))  # [S, B, C, e]
             logits = torch.einsum("sbe,sbce->sbc", img, t)
             correct[:, i : i + xb.shape[0]] = (logits.argmax(-1) == yb[None]).to(correct.dtype)
+        if ad is not None:
+            ad.ctx.probe = False
         per_task = correct.view(s, n_tasks, c * n_per).mean(-1)
         total = float(x.shape[0])
         return per_task.double(), zero_shot / total, routed_right / total
@@ -382,6 +387,8 @@ class MoECifarTrainer(Trainer):
                 sizes = [p[0].numel() for p in self.model.params.values()]
                 mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
             out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
+        if self.adapters is not None:
+            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
         if unit + 1 == self.n_units:
             seen_rows = torch.nanmean(self.acc[:, 1:, :], dim=2)  # A_k, equal tasks
             out.append(self.metric("avg_accuracy", unit + 1, seen_rows.mean(1)))

@@ -53,6 +53,7 @@ class RouteContext:
     training: bool = False
     step: int = 0
     noise: bool = False
+    probe: bool = False  # record which bottleneck units fire (`active`, a plasticity probe)
 
 
 def cv_squared(v: torch.Tensor) -> torch.Tensor:
@@ -90,6 +91,7 @@ class MoEAdapters:
         self.params: dict[str, torch.Tensor] = {}
         self.usage: dict[str, torch.Tensor] = {}
         self.frozen: dict[str, torch.Tensor] = {}
+        self.active: dict[str, torch.Tensor] = {}
         for enc in ENCODERS:
             n_layers, d = arch.layers(enc), arch.width(enc)
             bound = 1.0 / math.sqrt(d)  # kaiming_uniform(a=√5): gain √(1/3) · √(3/fan_in)
@@ -101,6 +103,7 @@ class MoEAdapters:
             self.params[f"{enc}.router.noise"] = torch.zeros(s, n_routers, n_layers, d, e, device=dev)
             self.usage[enc] = torch.zeros(s, n_layers, e, device=dev)
             self.frozen[enc] = torch.zeros(s, n_layers, e, dtype=torch.bool, device=dev)
+            self.active[enc] = torch.zeros(s, n_layers, e, r, dtype=torch.bool, device=dev)
         for p in self.params.values():
             p.requires_grad_(True)
         self.ctx = RouteContext()
@@ -145,6 +148,9 @@ class MoEAdapters:
         wd = self.params[f"{enc}.down.weight"][:, layer]  # [S, E, d, r]
         h = torch.bmm(x.reshape(s, b * t, d), wd.permute(0, 2, 1, 3).reshape(s, d, e * r))
         h = F.relu(h.view(s, b, t, e, r) + self.params[f"{enc}.down.bias"][:, layer][:, None, None])
+        if ctx.probe:
+            with torch.no_grad():
+                self.active[enc][:, layer] |= (h > 0).flatten(1, 2).any(dim=1)
         if ctx.training and self.dropout > 0:
             keep = self.streams.bernoulli(f"moe/dropout/{enc}/{layer}", ctx.step, (b, t, e, r), 1.0 - self.dropout)
             h = h * keep.to(h.dtype) / (1.0 - self.dropout)
@@ -188,6 +194,17 @@ class MoEAdapters:
         return out
 
     # ---- probes and state --------------------------------------------------------------------------
+    @torch.no_grad()
+    def dormant_fraction(self) -> torch.Tensor:
+        """``[S]`` fraction of bottleneck units (all blocks, experts, both encoders) that were zero on every
+        token seen since the last `reset_active` while ``ctx.probe`` was on (dormant units)."""
+        act = torch.cat([self.active[enc].flatten(1) for enc in ENCODERS], dim=1)
+        return 1.0 - act.float().mean(1)
+
+    def reset_active(self) -> None:
+        for v in self.active.values():
+            v.zero_()
+
     @torch.no_grad()
     def weight_magnitude(self) -> torch.Tensor:
         """``[S]`` mean |θ| over the expert parameters (a plasticity probe)."""
