@@ -81,7 +81,7 @@ _skipped = sorted(set(REGISTRY.figures) - set(FIGURES))
 if _skipped:
     print(
         f"[lop] scale {SCALE}: skipping figure(s) {', '.join(_skipped)} (their experiment has no params file "
-        f"with this scale, or is not in --config experiments)",
+        f"with this scale, is skipped for missing files, or is not in --config experiments)",
         file=sys.stderr,
     )
 
