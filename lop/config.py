@@ -229,6 +229,63 @@ class L2InitConfig:
 
 
 @dataclass(frozen=True)
+class MoEAdaptersConfig:
+    """Mixture-of-experts adapters on a frozen CLIP (Yu et al. 2024; docs/protocols/moe_cifar.md).
+
+    mode: ``adapters`` (the method), ``zero_shot`` (CLIP untouched: no training) or ``full_finetune``
+    (every backbone weight trained, per run). experts/top_k/bottleneck/scale/dropout: the adapters of
+    every block (`lop.nets.moe_adapters`). routers: ``shared`` (one router, the public CIL code) or
+    ``per_task`` (one per task; needs ``ddas`` to pick one at test time). noise_at_test: keep the noisy
+    gating on at test time (reproduces the public CIL code's bug). balance_weight: weight of the
+    load-balancing loss (0 = dropped, as the public code). freeze_top: experts per block frozen after each
+    task (activate-freeze; 0 = off). ddas: the auto-selector (`lop.algos.ddas`) ``off``, ``per_sample`` or
+    ``per_batch`` (the public code) with its threshold and autoencoder iterations (first task / later).
+    warmup_steps: linear warm-up of the per-task cosine schedule. label_smoothing: of the cross-entropy.
+    """
+
+    mode: Literal["adapters", "zero_shot", "full_finetune"] = "adapters"
+    experts: int = 2
+    top_k: int = 2
+    bottleneck: int = 64
+    scale: float = 0.1
+    dropout: float = 0.1
+    routers: Literal["shared", "per_task"] = "shared"
+    noise_at_test: bool = False
+    balance_weight: float = 0.01
+    freeze_top: int = 0
+    ddas: Literal["off", "per_sample", "per_batch"] = "off"
+    ddas_threshold: float = 0.0655
+    ddas_steps_first: int = 1000
+    ddas_steps: int = 300
+    warmup_steps: int = 30
+    label_smoothing: float = 0.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.experts >= 1, "experts", "must be >= 1")
+            + check(1 <= self.top_k <= self.experts, "top_k", f"must be within [1, experts = {self.experts}]")
+            + check(self.bottleneck >= 1, "bottleneck", "must be >= 1")
+            + check(0.0 <= self.dropout < 1.0, "dropout", "must be within [0, 1)")
+            + check(self.balance_weight >= 0, "balance_weight", "must be >= 0 (0 drops the loss)")
+            + check(0 <= self.freeze_top <= self.experts, "freeze_top", f"must be within [0, experts = {self.experts}]")
+            + check(
+                self.routers == "shared" or self.ddas != "off",
+                "routers",
+                "per_task routers need ddas: per_sample or per_batch to pick a router at test time",
+            )
+            + check(
+                self.mode == "adapters" or (self.ddas == "off" and self.freeze_top == 0),
+                "mode",
+                f"{self.mode} has no adapters: ddas and freeze_top apply to mode: adapters only",
+            )
+            + check(self.ddas_threshold >= 0, "ddas_threshold", "must be >= 0")
+            + check(min(self.ddas_steps_first, self.ddas_steps) >= 1, "ddas_steps", "must be >= 1")
+            + check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+            + check(0.0 <= self.label_smoothing < 1.0, "label_smoothing", "must be within [0, 1)")
+        )
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """One learning method: optimiser + regularisers + plasticity mechanisms, composable."""
 
@@ -247,6 +304,8 @@ class MethodConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # methods added through the method layer (lop.algos.methods): optional, omitted from to_dict while unset
     l2_init: L2InitConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # MoE adapters on CLIP: honoured only by the CLIP experiments (moe_cifar), rejected elsewhere
+    moe_adapters: MoEAdaptersConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (

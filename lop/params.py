@@ -97,6 +97,10 @@ class ScaleSpec:
     resources: Resources | None = None
     only: list[str] | None = None
     patch: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # files the scale needs that the pipeline cannot make (e.g. model weights a user downloads): while one
+    # is missing the pipeline skips this experiment at this scale with one line (`missing_files`)
+    needs_files: list[str] = field(default_factory=list)
+    needs_files_help: str = ""  # how a user obtains them (the skip line quotes it)
 
 
 @dataclass(frozen=True)
@@ -496,6 +500,20 @@ def select_runs(
     return chosen[0].problem, runs
 
 
+def missing_files(params: Params, scale: str, root: str | Path = ".") -> list[str]:
+    """The scale's `ScaleSpec.needs_files` that do not exist (relative paths are taken from `root`)."""
+    return [f for f in params.scale(scale).needs_files if not (Path(root) / f).is_file()]
+
+
+def skip_line(params: Params, scale: str, missing: list[str]) -> str:
+    """One line saying why an experiment is skipped at a scale and how to enable it."""
+    how = params.scale(scale).needs_files_help or "put the file(s) there"
+    return (
+        f"[lop] scale {scale}: skipping experiment {params.experiment}: {', '.join(missing)} not found; "
+        f"to enable it: {how}"
+    )
+
+
 def list_param_files(folder: str | Path = "params") -> list[Path]:
     """Experiment params files in `folder` (everything but figures.yaml)."""
     return sorted(p for p in Path(folder).glob("*.yaml") if p.name != "figures.yaml")
@@ -513,7 +531,9 @@ __all__ = [
     "expand_jobs",
     "list_param_files",
     "load_params",
+    "missing_files",
     "n_runs",
     "select_runs",
     "setting_id",
+    "skip_line",
 ]

@@ -73,6 +73,32 @@ CONV_SGD = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
 CIFAR_SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 CONTRIB = {"replacement_rate": 0.01, "maturity": 2, "utility": "contribution"}
 
+# the CLIP experiments: tiny random CLIP, byte tokenizer, 2 tasks of 2 classes on the stand-in CIFAR-100
+MOE = {
+    "n_steps": 2,
+    "n_classes": 4,
+    "backbone": "tiny",
+    "tokenizer": "bytes",
+    "train_per_class": 8,
+    "val_per_class": 2,
+    "test_per_class": 4,
+    "batch_size": 8,
+    "eval_batch": 16,
+}
+MOE_ADAM = {"optimizer": "adam", "lr": 0.01}
+MOE_DDAS = {
+    **MOE_ADAM,
+    "moe_adapters": {
+        "experts": 3,
+        "top_k": 2,
+        "routers": "per_task",
+        "freeze_top": 1,
+        "ddas": "per_sample",
+        "ddas_steps_first": 5,
+        "ddas_steps": 5,
+    },
+}
+
 # case -> (experiment, problem, method config, data set the problem reads or None)
 CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     "scr/bp": ("scr", SCR, SGD, None),
@@ -100,6 +126,8 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     ),
     "ppo_ant/redo": ("ppo_ant", PPO, {**ADAM, "weight_decay": 1e-4, "redo": {"threshold": 0.1, "every": 1}}, None),
     "ppo_slippery_ant/standard": ("ppo_slippery_ant", {**PPO, "change_every": 128}, ADAM, None),
+    "moe_cifar/moe_ddas": ("moe_cifar", MOE, MOE_DDAS, "cifar100"),
+    "moe_cifar/full_finetune": ("moe_cifar", MOE, {**MOE_ADAM, "moe_adapters": {"mode": "full_finetune"}}, "cifar100"),
 }
 
 

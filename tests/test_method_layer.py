@@ -37,6 +37,19 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retrain": (SGD, {"retrain": True}),
     "extra": (SGD, {"extra": {"anything": 1}}),
     "l2_init": (SGD, {"l2_init": {"strength": 0.5}}),
+    "moe_adapters": (SGD, {"moe_adapters": {"top_k": 1}}),
+}
+# the CLIP experiments' smoke problem: the tiny random CLIP on the stand-in CIFAR-100
+MOE = {
+    "n_steps": 2,
+    "n_classes": 4,
+    "backbone": "tiny",
+    "tokenizer": "bytes",
+    "train_per_class": 8,
+    "val_per_class": 2,
+    "test_per_class": 4,
+    "batch_size": 8,
+    "eval_batch": 16,
 }
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "scr": (SCR, None),
@@ -44,6 +57,7 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "continual_imagenet": (IMAGENET, "imagenet32"),
     "incremental_cifar": (CIFAR, "cifar100"),
     "ppo_ant": (PPO, None),
+    "moe_cifar": (MOE, "cifar100"),
 }
 PPO_FAMILY = ("ppo_ant", "ppo_mujoco", "ppo_slippery_ant")
 

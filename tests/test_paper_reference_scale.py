@@ -27,6 +27,19 @@ PAPER_PROBLEM: dict[str, dict[str, Any]] = {
     "ppo_slippery_ant": {"friction_mix": "all", "truncation_as_terminal": True},
     "ppo_ant": {"truncation_as_terminal": True},
     "ppo_mujoco": {"truncation_as_terminal": True},
+    # the CLIP experiments: the published protocol on the real ViT-B/16 (docs/protocols/moe_cifar.md)
+    **{
+        name: {
+            "n_steps": steps,
+            "batch_size": batch,
+            "epochs_per_step": 1,
+            "n_classes": 100,
+            "backbone": "vit_b16",
+            "tokenizer": "bpe",
+            "prompt": "a bad photo of a {}.",
+        }
+        for name, steps, batch in (("moe_cifar", 10, 128), ("moe_cifar_20", 20, 128), ("moe_cifar_50", 50, 64))
+    },
 }
 # experiments whose reference CBP kept the optimiser state of replaced units (SGD momentum; PPO's Adam)
 KEEPS_OPTIMIZER_STATE = {"continual_imagenet", "incremental_cifar", "ppo_slippery_ant", "ppo_ant", "ppo_mujoco"}

@@ -145,3 +145,15 @@ def test_from_cache_without_runs_says_to_pull(tmp_path):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "dvc pull" in out and "from_cache" in out
+
+
+def test_default_target_skips_the_clip_experiment_without_weights():
+    """Without the CLIP weights the demo scale of moe_cifar is left out with one line, nothing fails
+    (docs/protocols/moe_cifar.md, "Weights")."""
+    if (ROOT / "data/clip/ViT-B-16.pt").is_file():
+        pytest.skip("the CLIP weights are present here")
+    proc = snakemake(ROOT, "-n", "--cores", "1", timeout=300)
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in out.splitlines() if "skipping experiment moe_cifar" in ln]
+    assert len(lines) == 1 and "data/clip/ViT-B-16.pt" in lines[0] and "moe_cifar.md" in lines[0]
+    assert "train__moe_cifar__" not in out

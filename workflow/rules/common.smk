@@ -15,7 +15,7 @@ from snakemake.utils import validate
 from lop.analysis.registry import load_registry
 from lop.errors import LopError
 from lop.limits import check_workflow_config
-from lop.params import expand_jobs, list_param_files, load_params
+from lop.params import expand_jobs, list_param_files, load_params, missing_files, skip_line
 from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
 from lop.workflow_config import check_config, config_flag
 
@@ -63,6 +63,10 @@ def _load():
             raise WorkflowError(f"--config experiments: no params file for {', '.join(unknown)}")
         for exp, (path, p) in params.items():
             if SCALE in p.data.scales and (ONLY is None or exp in ONLY):
+                missing = missing_files(p, SCALE)
+                if missing:  # e.g. model weights a user must download: skip with one line, never fail
+                    print(skip_line(p, SCALE, missing), file=sys.stderr)
+                    continue
                 jobs[exp] = expand_jobs(p, SCALE)
         registry = load_registry(REGISTRY_FILE)
     except LopError as e:
@@ -77,7 +81,7 @@ _skipped = sorted(set(REGISTRY.figures) - set(FIGURES))
 if _skipped:
     print(
         f"[lop] scale {SCALE}: skipping figure(s) {', '.join(_skipped)} (their experiment has no params file "
-        f"with this scale, or is not in --config experiments)",
+        f"with this scale, is skipped for missing files, or is not in --config experiments)",
         file=sys.stderr,
     )
 
