@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from lop.errors import ConfigError
 
@@ -228,10 +228,17 @@ class L2InitConfig:
         return check(self.strength >= 0, "strength", "must be >= 0")
 
 
+# The continual-learning scenarios a forgetting method's config accepts (its ``SCENARIOS``): a task-sequence
+# experiment rejects a method whose config does not list the experiment's scenario.
+ALL_SCENARIOS: frozenset[str] = frozenset({"task", "domain", "class"})
+
+
 @dataclass(frozen=True)
 class SIConfig:
     """Synaptic Intelligence (Zenke, Poole & Ganguli 2017), as the authors' code: penalty
     c·Σ Ω(θ − θ̃)² with Ω ← relu(Ω + ω / ((θ − θ̃)² + ξ)) at each task end (`lop.algos.synaptic_intelligence`)."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     c: float = 0.1
     xi: float = 0.1
@@ -242,9 +249,6 @@ class SIConfig:
         )
 
 
-FISHER_ESTIMATORS = ("exact", "sample", "empirical", "pred", "batched")
-
-
 @dataclass(frozen=True)
 class EWCConfig:
     """Elastic weight consolidation (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018):
@@ -252,6 +256,8 @@ class EWCConfig:
     weighted by p, sample y ~ p, empirical true y, pred argmax, batched = square of the mean gradient of
     fisher_batch examples); fisher_samples: examples of the finished task used per run; online: one
     anchor with F* ← γF* + F_t instead of one term per task; gamma: online only."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     lam: float = 100.0
     fisher: Literal["exact", "sample", "empirical", "pred", "batched"] = "exact"
@@ -285,6 +291,8 @@ class ReplayConfig:
     `policy` (reservoir sampling or class-balanced), `batch` replayed examples appended to every step's
     batch once the buffer holds examples."""
 
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
+
     buffer: int = 1000
     policy: Literal["reservoir", "class_balanced"] = "reservoir"
     batch: int = 32
@@ -300,6 +308,8 @@ class LwFConfig:
     """Learning without Forgetting (Li & Hoiem 2017), `lop.algos.lwf`: loss term
     α·T²·KL(softmax(old/T) ‖ softmax(new/T)) over the past tasks' outputs of the model frozen at the
     end of the previous task."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     alpha: float = 1.0
     temperature: float = 2.0
