@@ -63,11 +63,13 @@ def _accumulate_batched_vjp(
     fisher: list[torch.Tensor],
     weight: torch.Tensor | None = None,
 ) -> None:
-    """fisher += Σ_k (vjp(logp, sel[k]))² (sel ``[K, S, B, C]``)."""
+    """fisher += Σ_k (vjp(logp, sel[k]))² (sel ``[K, S, B, C]``). The sum over k is taken along the
+    innermost, contiguous dimension: a reduction over the leading dimension of ``[K, S, ...]`` may be
+    blocked differently for another S and round differently, breaking batch independence."""
     grads = torch.autograd.grad(logp, params, grad_outputs=sel, is_grads_batched=True, allow_unused=True)
     for f, g in zip(fisher, grads, strict=True):
         if g is not None:
-            f.add_(g.square().sum(0))
+            f.add_(g.square().movedim(0, -1).contiguous().sum(-1))
 
 
 def diagonal_fisher(
