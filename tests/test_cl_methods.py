@@ -320,6 +320,8 @@ def test_class_balanced_buffer_gives_each_class_its_quota() -> None:
         labels = hook.y[r][hook.filled[r]]
         assert int((labels == 0).sum()) == 10 and int((labels == 3).sum()) == 10
         assert torch.equal(hook.x[r][hook.filled[r], 0].long(), labels)
+    report = hook.end_task(1, TaskEnd(1, lambda n, bs: iter(()), lambda a, b: a, []))
+    assert report["buffer_examples"].tolist() == [20] * 3 and report["buffer_classes"].tolist() == [2] * 3
     reservoir = _replay([0], buffer=40, batch=4)
     for t in range(50):
         y = torch.where(torch.rand(1, 20, generator=g) < 0.9, 0, 3)

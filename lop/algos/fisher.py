@@ -29,8 +29,8 @@ from lop.rng import RunStreams
 
 # per-run elements held by one chunk's batched gradients (selections × parameters per run), and the
 # most selections (backward passes) one vectorised backward takes
-CHUNK_ELEMENTS = 1 << 25
-MAX_SELECTIONS = 256
+CHUNK_ELEMENTS = 1 << 23
+MAX_SELECTIONS = 64
 
 Batches = Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 LogProbs = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,13 +63,15 @@ def _accumulate_batched_vjp(
     fisher: list[torch.Tensor],
     weight: torch.Tensor | None = None,
 ) -> None:
-    """fisher += Σ_k (vjp(logp, sel[k]))² (sel ``[K, S, B, C]``). The sum over k is taken along the
-    innermost, contiguous dimension: a reduction over the leading dimension of ``[K, S, ...]`` may be
-    blocked differently for another S and round differently, breaking batch independence."""
+    """fisher += Σ_k (vjp(logp, sel[k]))² (sel ``[K, S, B, C]``). The sum over k is accumulated one k
+    at a time (in place, no temporaries of the size of the batched gradients, and in the same order
+    for any S: a reduction over the leading dimension of ``[K, S, ...]`` may be blocked differently
+    for another S and round differently, breaking batch independence)."""
     grads = torch.autograd.grad(logp, params, grad_outputs=sel, is_grads_batched=True, allow_unused=True)
     for f, g in zip(fisher, grads, strict=True):
         if g is not None:
-            f.add_(g.square().movedim(0, -1).contiguous().sum(-1))
+            for gk in g:
+                f.addcmul_(gk, gk)
 
 
 def diagonal_fisher(

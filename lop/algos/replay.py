@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lop.algos.ewc import same_in_all_runs
-from lop.algos.method_layer import MethodContext, MethodHook
+from lop.algos.method_layer import MethodContext, MethodHook, TaskEnd
 from lop.config import ReplayConfig
 from lop.errors import ConfigError
 
@@ -53,7 +53,9 @@ def reservoir_slots(seen: torch.Tensor, capacity: int, u: torch.Tensor) -> torch
 class ExperienceReplay(MethodHook):
     """The buffer of each run and its filling policy."""
 
-    points = frozenset({"mix_batch"})
+    # end_task: the buffer's occupancy is reported after each task; replay is a method of the task-sequence
+    # learners (experiments without tasks reject it rather than run it untested)
+    points = frozenset({"mix_batch", "end_task"})
 
     def __init__(self, configs: list[ReplayConfig], ctx: MethodContext) -> None:
         self.streams = ctx.streams
@@ -133,6 +135,14 @@ class ExperienceReplay(MethodHook):
         self._insert(x, y)
         self.calls += 1
         return out_x, out_y
+
+    def end_task(self, task: int, ctx: TaskEnd) -> dict[str, torch.Tensor]:
+        """Per run ``[S]``: the number of stored examples and of distinct classes among them."""
+        if self.capacity == 0:
+            zero = torch.zeros(self.y.shape[0], dtype=torch.int64, device=self.device)
+            return {"buffer_examples": zero, "buffer_classes": zero}
+        onehot = torch.nn.functional.one_hot(self.y, int(self.y.max()) + 1).bool() & self.filled.unsqueeze(-1)
+        return {"buffer_examples": self.filled.sum(1), "buffer_classes": onehot.any(1).sum(1)}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
