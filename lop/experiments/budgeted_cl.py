@@ -138,7 +138,8 @@ class BudgetedCLProblem:
 # ---- data and network ---------------------------------------------------------------------------------
 def load_pool(p: BudgetedCLProblem, device: torch.device) -> PoolData:
     if p.dataset == "digits":
-        return load_digits_pool(p.train_per_class, p.test_per_class, device)
+        d = load_digits_pool(p.train_per_class, p.test_per_class, device)
+        return PoolData(d.train[: p.n_classes], d.test[: p.n_classes], False, True)
     d = load_cifar_tensors(
         p.data_dir, device, train_per_class=p.train_per_class, val_per_class=1,
         test_per_class=p.test_per_class, n_classes=100, verify=p.verify_data,
@@ -461,6 +462,10 @@ class BudgetedCLTrainer(Trainer):
         acc = self.class_accuracy(n_seen)  # by class id
         pre = acc[:, : st.n_pre].mean(1)
         blocks = [self.metric("pretrain_accuracy", step, pre)]
+        if self.p.scenario == "class":
+            # the whole row of the accuracy matrix: tasks not yet seen score 0 (their outputs are not in use)
+            k = st.n_stream // st.n_steps
+            self.R[:, step] = acc.gather(1, st.order).view(-1, st.n_steps, k).mean(-1)
         if step == 0:
             return blocks
         seen_stream = st.order[:, : n_seen - st.n_pre]
@@ -469,11 +474,8 @@ class BudgetedCLTrainer(Trainer):
         seen_acc = (pre * st.n_pre + stream_acc * seen_stream.shape[1]) / n_all
         blocks += [self.metric("stream_accuracy", step, stream_acc), self.metric("seen_accuracy", step, seen_acc)]
         if self.p.scenario == "class":
-            k = st.n_stream // st.n_steps
             for j in range(step):
-                a = acc.gather(1, st.order[:, j * k : (j + 1) * k]).mean(1)
-                self.R[:, step, j] = a
-                blocks.append(self.metric(cl_metrics.task_metric(j + 1), step, a))
+                blocks.append(self.metric(cl_metrics.task_metric(j + 1), step, self.R[:, step, j]))
             if step == st.n_steps:
                 summ = cl_metrics.summaries(self.R.cpu().numpy())
                 for name in ("acc", "bwt", "forgetting", "avg_incremental_acc"):
