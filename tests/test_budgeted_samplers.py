@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -126,7 +127,7 @@ def test_a_budget_that_cannot_train_is_an_error():
 def test_linear_decay_reaches_zero_within_the_step():
     n = 8
     f = [linear_decay(i, n) for i in range(n)]
-    assert f[0] == 1.0 and all(a > b for a, b in zip(f, f[1:]))
+    assert f[0] == 1.0 and all(a > b for a, b in itertools.pairwise(f))
     assert f[-1] == pytest.approx(1 / n) and linear_decay(n, n) == 0.0
     assert batch_sizes(35, 16) == [16, 16, 3] and batch_sizes(32, 16) == [16, 16]
 
@@ -173,9 +174,9 @@ def test_bic_fit_lowers_the_held_out_loss_and_touches_only_new_classes():
 def test_bad_sampler_settings_are_config_errors():
     from lop.config import MethodConfig
 
-    with pytest.raises(ConfigError, match="sampler.kind"):
+    with pytest.raises(ConfigError, match=r"sampler\.kind"):
         from_dict(MethodConfig, {"sampler": {"kind": "reservoir"}})
     with pytest.raises(ConfigError, match="keep"):
         from_dict(MethodConfig, {"sampler": {"kind": "herding", "keep": 0}})
-    with pytest.raises(ConfigError, match="distill.loss"):
+    with pytest.raises(ConfigError, match=r"distill\.loss"):
         from_dict(MethodConfig, {"distill": {"loss": "l1"}})
