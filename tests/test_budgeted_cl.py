@@ -190,7 +190,6 @@ def test_bad_settings_are_one_clear_error():
 
 
 def test_bad_sampler_in_a_params_file_is_one_error_line(tmp_path, lop_main):
-    text = (tmp_path.parent / "x").as_posix()  # noqa: F841 - a path that is not used
     f = tmp_path / "budgeted_cl.yaml"
     f.write_text(
         "experiment: budgeted_cl\nmethods:\n  m: {base: {optimizer: sgd, sampler: {kind: reservoir}}}\n"

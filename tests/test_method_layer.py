@@ -37,6 +37,15 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retrain": (SGD, {"retrain": True}),
     "extra": (SGD, {"extra": {"anything": 1}}),
     "l2_init": (SGD, {"l2_init": {"strength": 0.5}}),
+    "sampler": (SGD, {"sampler": {"kind": "fifo"}}),
+    "distill": (SGD, {"distill": {"loss": "kl"}}),
+    "fc_correction": (SGD, {"fc_correction": {"kind": "wa"}}),
+}
+# budgeted_cl on the embedded digits, pretrained in the process; stored logits so that `distill` can run
+BUDGETED: dict[str, Any] = {
+    "dataset": "digits", "n_classes": 6, "n_steps": 3, "iterations": 4, "batch_size": 8, "train_per_class": 20,
+    "test_per_class": 10, "width": 16, "pretrain_epochs": 2, "pretrain_batch": 16, "probe_examples": 10,
+    "eval_batch": 64, "store_logits": True,
 }
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "scr": (SCR, None),
@@ -44,6 +53,7 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "continual_imagenet": (IMAGENET, "imagenet32"),
     "incremental_cifar": (CIFAR, "cifar100"),
     "ppo_ant": (PPO, None),
+    "budgeted_cl": (BUDGETED, None),
 }
 PPO_FAMILY = ("ppo_ant", "ppo_mujoco", "ppo_slippery_ant")
 
