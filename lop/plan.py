@@ -15,14 +15,15 @@ PREPARED = "data/prepared/"
 
 def problem_data_dirs(problem: Any) -> list[str]:
     """Prepared-data folders a problem reads: each value under data/prepared/, except where the problem
-    names another ``dataset`` (``dataset: digits``, embedded, leaves ``data_dir`` unused)."""
+    names another ``dataset`` (``dataset: digits``, embedded, leaves ``data_dir`` unused; a ``<dataset>-standin``
+    folder is that dataset's stand-in)."""
     values = to_dict(problem)
     dataset = values.get("dataset")
     found = set()
     for value in values.values():
         if isinstance(value, str) and value.startswith(PREPARED):
             folder = value.rstrip("/")
-            if dataset is None or Path(folder).name == dataset:
+            if dataset is None or Path(folder).name.removesuffix("-standin") == dataset:
                 found.add(folder)
     return sorted(found)
 

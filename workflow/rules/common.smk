@@ -159,6 +159,14 @@ def comparison_files() -> list[str]:
     return [str(base / "paper_comparison.md"), str(base / "paper_comparison.csv")]
 
 
+def extra_tables(experiment: str) -> list[str]:
+    """An experiment's own summary table (results/tables/<scale>/<experiment>.{md,csv}); budgeted_cl only."""
+    if experiment != "budgeted_cl":
+        return []
+    base = RESULTS / "tables" / SCALE
+    return [str(base / f"{experiment}.md"), str(base / f"{experiment}.csv")]
+
+
 def summary_files(experiment: str) -> list[str]:
     """An experiment's DVC metrics JSON, then one plot CSV per figure of it (lop summary)."""
     figs = sorted(fid for fid, spec in FIGURES.items() if spec.experiment == experiment)

@@ -84,7 +84,7 @@ def train_stage(
         "          persist: true",
         "          push: false",
         f"      - results/agg/{exp}-${{scale}}.parquet",
-        *(f"      - {p}:   # pretrained network (lop pretrain)" for p in pretrained),
+        *(f"      - {p}:   # pretrained network (lop pretrain)\n          persist: true" for p in pretrained),
     ]
     return f"  train_{exp}:\n" + _indent(lines, wdir) + "\n"
 
