@@ -14,9 +14,10 @@ if not FROM_CACHE:
             params:
                 fingerprint=_fp,
                 file=_params,
+                scale=SCALE,
             log:
-                str(LOGS / "pretrain" / SCALE / (Path(_ckpt).name + ".log")),
+                str(LOGS / "pretrain" / SCALE / f"{Path(_ckpt).name}.log"),
             conda:
                 "../envs/lop.yaml"
             shell:
-                "lop pretrain --params {params.file} --scale " + SCALE + " --out {output} > {log} 2>&1"
+                "lop pretrain --params {params.file} --scale {params.scale} --out {output} > {log} 2>&1"
