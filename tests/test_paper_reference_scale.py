@@ -27,6 +27,8 @@ PAPER_PROBLEM: dict[str, dict[str, Any]] = {
     "ppo_slippery_ant": {"friction_mix": "all", "truncation_as_terminal": True},
     "ppo_ant": {"truncation_as_terminal": True},
     "ppo_mujoco": {"truncation_as_terminal": True},
+    # the small-scale protocol of docs/protocols/budgeted_cl.md: CIFAR-100 halves, 10 steps, 1x ≈ 2 passes
+    "budgeted_cl": {"dataset": "cifar100", "n_classes": 100, "n_steps": 10, "iterations": 35, "batch_size": 128},
 }
 # experiments whose reference CBP kept the optimiser state of replaced units (SGD momentum; PPO's Adam)
 KEEPS_OPTIMIZER_STATE = {"continual_imagenet", "incremental_cifar", "ppo_slippery_ant", "ppo_ant", "ppo_mujoco"}
