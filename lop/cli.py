@@ -184,6 +184,28 @@ def cmd_params_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain the network(s) a params file's scale names in ``problem.pretrained`` (budgeted_cl)."""
+    from lop.params import load_params
+    from lop.plan import pretrained_problems
+    from lop.runner import resolve_device
+
+    params = load_params(args.params)
+    targets = pretrained_problems(params, args.scale)
+    if args.out and len(targets) != 1:
+        raise ConfigError("--out", f"the scale names {len(targets)} pretrained checkpoints; drop --out")
+    if not targets:
+        raise ConfigError(f"{args.params}:scales.{args.scale}.problem.pretrained", "no pretrained checkpoint to build")
+    from lop.experiments.budgeted_cl import pretrain, save_pretrained
+
+    device = resolve_device(args.device or "cpu")
+    for path, problem in targets.items():
+        out = Path(args.out or path)
+        save_pretrained(problem, pretrain(problem, device), out)
+        print(f"wrote {out}")
+    return 0
+
+
 def cmd_experiments(args: argparse.Namespace) -> int:
     from lop.experiments.base import experiments
 
@@ -259,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--scale", default="demo")
     jobs.add_argument("--max-runs", type=int, help="cap on runs per scale (default 100000)")
     jobs.set_defaults(func=cmd_params_jobs)
+
+    pre = sub.add_parser("pretrain", help="pretrain the network a scale names in problem.pretrained (budgeted_cl)")
+    pre.add_argument("--params", required=True, help="params file, e.g. params/budgeted_cl.yaml")
+    pre.add_argument("--scale", default="demo", help="smoke | demo | paper (default demo)")
+    pre.add_argument("--out", help="write here instead of problem.pretrained")
+    pre.add_argument("--device", type=_device, help="auto | cpu | cuda | cuda:N (default cpu)")
+    pre.set_defaults(func=cmd_pretrain)
 
     exps = sub.add_parser("experiments", help="list the experiments")
     exps.set_defaults(func=cmd_experiments)

@@ -377,6 +377,71 @@ class MoEAdaptersConfig:
         )
 
 
+SamplerKind = Literal[
+    "uniform", "class_balanced", "fifo", "recency", "herding", "kmeans", "max_loss", "uncertainty"
+]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """What the budgeted batch is drawn from (experiment `budgeted_cl`; `lop.algos.samplers` documents
+    each kind). ``window``: FIFO's last k stored examples (0 = as many as the step trains on);
+    ``decay``: recency bias, p_i ∝ exp(−decay · age_i / n_new) with age in examples; ``keep``: the fraction
+    of each class's candidates herding/k-means keep; ``clusters``: k-means centres per class;
+    ``candidates``: examples scored per drawn example (max-loss, uncertainty) or the step's candidate
+    pool per drawn example (herding, k-means)."""
+
+    kind: SamplerKind = "uniform"
+    window: int = 0
+    decay: float = 1.0
+    keep: float = 0.5
+    clusters: int = 5
+    candidates: int = 2
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.window >= 0, "window", "must be >= 0 (0 = the examples one step trains on)")
+            + check(self.decay >= 0, "decay", "must be >= 0")
+            + check(0.0 < self.keep <= 1.0, "keep", "must be within (0, 1]")
+            + check(self.clusters >= 1, "clusters", "must be >= 1")
+            + check(self.candidates >= 1, "candidates", "must be >= 1")
+        )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation towards stored logits (`lop.algos.distillation`): ``loss`` bce (iCaRL), kl (BiC),
+    cosine (LUCIR), mse (DER); ``weight`` multiplies the term; ``temperature`` T of bce/kl."""
+
+    loss: Literal["bce", "kl", "cosine", "mse"] = "kl"
+    weight: float = 1.0
+    temperature: float = 2.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.weight > 0, "weight", "must be > 0") + check(
+            self.temperature > 0, "temperature", "must be > 0"
+        )
+
+
+@dataclass(frozen=True)
+class FCCorrectionConfig:
+    """A correction of the classifier layer (`lop.algos.fc_correction`): ``wa`` weight aligning after each
+    step, ``bic`` a bias-correction layer fitted on held-out stored data, ``cosine`` a cosine head with
+    scale ``sigma``. ``bic_steps``/``bic_lr``: the fit of BiC's (α, β)."""
+
+    kind: Literal["wa", "bic", "cosine"] = "wa"
+    sigma: float = 1.0
+    bic_steps: int = 100
+    bic_lr: float = 0.01
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.sigma > 0, "sigma", "must be > 0")
+            + check(self.bic_steps >= 1, "bic_steps", "must be >= 1")
+            + check(self.bic_lr > 0, "bic_lr", "must be > 0")
+        )
+
+
 @dataclass(frozen=True)
 class MethodConfig:
     """One learning method: optimiser + regularisers + plasticity mechanisms, composable."""
@@ -402,6 +467,10 @@ class MethodConfig:
     ewc: EWCConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
     replay: ReplayConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
     lwf: LwFConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # experiment `budgeted_cl`'s own keys (docs/protocols/budgeted_cl.md), rejected elsewhere
+    sampler: SamplerConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    distill: DistillConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    fc_correction: FCCorrectionConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (

@@ -15,16 +15,53 @@ PREPARED = "data/prepared/"
 
 def problem_data_dirs(problem: Any) -> list[str]:
     """Prepared-data folders a problem reads: each value under data/prepared/, except where the problem
-    names another ``dataset`` (``dataset: digits``, embedded, leaves ``data_dir`` unused)."""
+    names another ``dataset`` (``dataset: digits``, embedded, leaves ``data_dir`` unused; a ``<dataset>-standin``
+    folder is that dataset's stand-in)."""
     values = to_dict(problem)
     dataset = values.get("dataset")
     found = set()
     for value in values.values():
         if isinstance(value, str) and value.startswith(PREPARED):
             folder = value.rstrip("/")
-            if dataset is None or Path(folder).name == dataset:
+            if dataset is None or Path(folder).name.removesuffix("-standin") == dataset:
                 found.add(folder)
     return sorted(found)
+
+
+def problem_pretrained(problem: Any) -> list[str]:
+    """Pretrained-network checkpoints a problem reads (its ``pretrained`` field, when set): built by
+    `lop pretrain` in the pipeline before the job runs."""
+    path = getattr(problem, "pretrained", "")
+    return [path] if isinstance(path, str) and path else []
+
+
+def pretrained_problems(params: Any, scale: str) -> dict[str, Any]:
+    """Each pretrained checkpoint of a scale -> the problem that builds it; settings that name one file
+    must agree on what it depends on (`pretrain_fingerprint`)."""
+    from lop.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for settings in params.settings[scale].values():
+        for s in settings:
+            for path in problem_pretrained(s.problem):
+                if path in out and _pretrain_key(out[path]) != _pretrain_key(s.problem):
+                    raise ConfigError(
+                        f"{params.path}:scales.{scale}.problem.pretrained",
+                        f"{path} is named by settings that pretrain differently; give them different files",
+                    )
+                out.setdefault(path, s.problem)
+    return out
+
+
+def _pretrain_key(problem: Any) -> str:
+    from lop.experiments.budgeted_cl import pretrain_fingerprint
+
+    return pretrain_fingerprint(problem)
+
+
+def job_pretrained(params: Any, scale: str, job: Any) -> list[str]:
+    """Pretrained checkpoints one job of `lop.params.expand_jobs` reads."""
+    return sorted({p for s in job_settings(params, scale, job) for p in problem_pretrained(s.problem)})
 
 
 def job_settings(params: Any, scale: str, job: Any) -> list[Any]:

@@ -42,6 +42,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ewc": (ADAM, {"ewc": {"lam": 100.0, "fisher": "exact", "fisher_samples": 16}}),
     "replay": (SGD, {"replay": {"buffer": 64, "policy": "reservoir", "batch": 8}}),
     "lwf": (SGD, {"lwf": {"alpha": 1.0, "temperature": 2.0}}),
+    "sampler": (SGD, {"sampler": {"kind": "fifo"}}),
+    "distill": (SGD, {"distill": {"loss": "kl"}}),
+    "fc_correction": (SGD, {"fc_correction": {"kind": "wa"}}),
 }
 # the CLIP experiments' smoke problem: the tiny random CLIP on the stand-in CIFAR-100
 MOE = {
@@ -55,6 +58,12 @@ MOE = {
     "batch_size": 8,
     "eval_batch": 16,
 }
+# budgeted_cl on the embedded digits, pretrained in the process; stored logits so that `distill` can run
+BUDGETED: dict[str, Any] = {
+    "dataset": "digits", "n_classes": 6, "n_steps": 3, "iterations": 4, "batch_size": 8, "train_per_class": 20,
+    "test_per_class": 10, "width": 16, "pretrain_epochs": 2, "pretrain_batch": 16, "probe_examples": 10,
+    "eval_batch": 64, "store_logits": True,
+}
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "scr": (SCR, None),
     "permuted_mnist": (DIGITS, None),
@@ -62,6 +71,7 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "incremental_cifar": (CIFAR, "cifar100"),
     "ppo_ant": (PPO, None),
     "moe_cifar": (MOE, "cifar100"),
+    "budgeted_cl": (BUDGETED, None),
 }
 PPO_FAMILY = ("ppo_ant", "ppo_mujoco", "ppo_slippery_ant")
 

@@ -40,6 +40,8 @@ PAPER_PROBLEM: dict[str, dict[str, Any]] = {
         }
         for name, steps, batch in (("moe_cifar", 10, 128), ("moe_cifar_20", 20, 128), ("moe_cifar_50", 50, 64))
     },
+    # the small-scale protocol of docs/protocols/budgeted_cl.md: CIFAR-100 halves, 10 steps, 1x ≈ 2 passes
+    "budgeted_cl": {"dataset": "cifar100", "n_classes": 100, "n_steps": 10, "iterations": 35, "batch_size": 128},
 }
 # experiments whose reference CBP kept the optimiser state of replaced units (SGD momentum; PPO's Adam)
 KEEPS_OPTIMIZER_STATE = {"continual_imagenet", "incremental_cifar", "ppo_slippery_ant", "ppo_ant", "ppo_mujoco"}

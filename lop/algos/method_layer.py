@@ -213,6 +213,21 @@ class MethodStack:
     def get(self, key: str) -> MethodHook | None:
         return self.hooks.get(key)
 
+    def add_hook(self, key: str, hook: MethodHook) -> None:
+        """Add a hook an experiment builds for one of its own keys (e.g. ``budgeted_cl``'s ``distill``):
+        it is called at its points after the registered hooks and its state is saved with theirs."""
+        if key in self.hooks:
+            raise ValueError(f"a hook for {key!r} is already in the stack")
+        self.hooks[key] = hook
+        for point, hooks in (
+            ("mix_batch", self._mix), ("loss_terms", self._loss), ("edit_grads", self._grads),
+            ("after_step", self._after), ("at_boundary", self._boundary), ("end_task", self._end_task),
+        ):
+            if point in hook.points:
+                hooks.append(hook)
+        self.has_boundary = bool(self._boundary)
+        self.has_loss_terms = bool(self._loss)
+
     def mix_batch(self, t: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for h in self._mix:
             x, y = h.mix_batch(t, x, y)

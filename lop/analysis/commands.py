@@ -57,6 +57,17 @@ def cmd_figure_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budget_table(args: argparse.Namespace) -> int:
+    from lop.analysis.budgeted_table import write_table
+    from lop.errors import DataError
+
+    if not Path(args.agg).is_file():
+        raise DataError(f"{args.agg}: no such aggregate; run `lop aggregate` for budgeted_cl first")
+    table = write_table(args.agg, args.md, args.csv, args.scale)
+    print(f"wrote {args.md} ({len(table)} rows)")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``aggregate`` and ``figure {build,list}`` to the ``lop`` command line."""
     p = subparsers.add_parser("aggregate", help="aggregate finished runs into one tidy Parquet table")
@@ -76,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--pdf", required=True, type=Path)
     b.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
     b.set_defaults(func=cmd_figure_build)
+    bt = subparsers.add_parser("budget-table", help="budgeted_cl: every method vs naive at equal compute")
+    bt.add_argument("--agg", required=True, type=Path, help="aggregate, e.g. results/agg/budgeted_cl-demo.parquet")
+    bt.add_argument("--scale", required=True, help="scale of the aggregate")
+    bt.add_argument("--md", required=True, type=Path)
+    bt.add_argument("--csv", required=True, type=Path)
+    bt.set_defaults(func=cmd_budget_table)
     ls = sub.add_parser("list", help="list the figures of the registry")
     ls.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
     ls.set_defaults(func=cmd_figure_list)

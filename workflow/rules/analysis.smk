@@ -103,3 +103,22 @@ for _exp in EXPERIMENTS:
         shell:
             "lop summary --agg {input.agg} --experiment {params.experiment} --registry {params.registry} "
             "--scale {params.scale} --metrics {output.metrics} --plots-dir {params.plots} > {log} 2>&1"
+
+
+if "budgeted_cl" in EXPERIMENTS:
+
+    rule budget_table:
+        """budgeted_cl: every method vs naive uniform replay at equal compute (lop.analysis.budgeted_table)."""
+        input:
+            agg=aggregate_file("budgeted_cl"),
+        output:
+            md=extra_tables("budgeted_cl")[0],
+            csv=extra_tables("budgeted_cl")[1],
+        params:
+            scale=SCALE,
+        log:
+            str(LOGS / "tables" / SCALE / "budgeted_cl.log"),
+        conda:
+            "../envs/lop.yaml"
+        shell:
+            "lop budget-table --agg {input.agg} --scale {params.scale} --md {output.md} --csv {output.csv} > {log} 2>&1"

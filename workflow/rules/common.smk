@@ -16,7 +16,7 @@ from lop.analysis.registry import load_registry
 from lop.errors import LopError
 from lop.limits import check_workflow_config
 from lop.params import expand_jobs, list_param_files, load_params, missing_files, skip_line
-from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
+from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint, job_pretrained as plan_pretrained, pretrained_problems
 from lop.workflow_config import check_config, config_flag
 
 
@@ -115,6 +115,26 @@ def job_data(experiment: str, job) -> list[str]:
     return job_data_dirs(PARAMS[experiment][1], SCALE, job)
 
 
+def job_pretrained(experiment: str, job) -> list[str]:
+    """The pretrained-network checkpoints a job reads (lop.plan), so the pretrain rule builds them first."""
+    return plan_pretrained(PARAMS[experiment][1], SCALE, job)
+
+
+def _pretrained():
+    """checkpoint path -> (params file, pretraining fingerprint) over the scheduled experiments."""
+    from lop.experiments.budgeted_cl import pretrain_fingerprint
+
+    out = {}
+    try:
+        for exp in EXPERIMENTS:
+            path, p = PARAMS[exp]
+            for ckpt, problem in pretrained_problems(p, SCALE).items():
+                out[ckpt] = (str(path), pretrain_fingerprint(problem))
+    except LopError as e:
+        raise WorkflowError(f"invalid configuration: {e}") from None
+    return out
+
+
 def train_command(job) -> str:
     """`lop run` arguments of a job (the params file's device unless --config device=... is given)."""
     args = ["--params", job.params_path, "--scale", job.scale, *job.cli_args]
@@ -143,6 +163,14 @@ def comparison_files() -> list[str]:
     return [str(base / "paper_comparison.md"), str(base / "paper_comparison.csv")]
 
 
+def extra_tables(experiment: str) -> list[str]:
+    """An experiment's own summary table (results/tables/<scale>/<experiment>.{md,csv}); budgeted_cl only."""
+    if experiment != "budgeted_cl":
+        return []
+    base = RESULTS / "tables" / SCALE
+    return [str(base / f"{experiment}.md"), str(base / f"{experiment}.csv")]
+
+
 def summary_files(experiment: str) -> list[str]:
     """An experiment's DVC metrics JSON, then one plot CSV per figure of it (lop summary)."""
     figs = sorted(fid for fid, spec in FIGURES.items() if spec.experiment == experiment)
@@ -154,6 +182,9 @@ def summary_files(experiment: str) -> list[str]:
 def figures_fingerprint(figure_ids) -> str:
     """The registry entries (+ style) of some figures: what a table or summary drawn from them depends on."""
     return json.dumps([json.loads(REGISTRY.fingerprint(fid)) for fid in sorted(figure_ids)], sort_keys=True)
+
+
+PRETRAINED = _pretrained()
 
 
 if FROM_CACHE:

@@ -18,6 +18,7 @@ if not FROM_CACHE:
                     rule_name("train", _exp, _job.job_id)
                 input:
                     job_data(_exp, _job),
+                    job_pretrained(_exp, _job),
                 output:
                     job_outputs(_exp, _job),
                 params:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lop.analysis.registry import load_registry
 from lop.params import list_param_files, load_params
-from lop.plan import experiment_data_dirs
+from lop.plan import experiment_data_dirs, pretrained_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,9 @@ def _indent(lines: list[str], wdir: str) -> str:
     return "".join(f"{line}\n" for line in ([f"    wdir: {wdir}"] if wdir else []) + lines)
 
 
-def train_stage(exp: str, data: list[str], wdir: str, presets: tuple[str, ...] = ()) -> str:
+def train_stage(
+    exp: str, data: list[str], wdir: str, presets: tuple[str, ...] = (), pretrained: tuple[str, ...] = ()
+) -> str:
     deps = [*presets, *data, "lop", "workflow/Snakefile", "workflow/rules", "workflow/scripts"]
     lines = [
         f"    cmd: mkdir -p results/models/{exp}/${{scale}} && ${{snakemake}} "
@@ -82,6 +84,7 @@ def train_stage(exp: str, data: list[str], wdir: str, presets: tuple[str, ...] =
         "          persist: true",
         "          push: false",
         f"      - results/agg/{exp}-${{scale}}.parquet",
+        *(f"      - {p}:   # pretrained network (lop pretrain)\n          persist: true" for p in pretrained),
     ]
     return f"  train_{exp}:\n" + _indent(lines, wdir) + "\n"
 
@@ -177,7 +180,8 @@ def render(scale: str, params_dir: Path) -> str:
         dirs = experiment_data_dirs(p, scale)
         datasets |= {Path(d).name.removesuffix(STANDIN) for d in dirs}
         presets = tuple(f"params/{Path(src).relative_to(params_dir).as_posix()}" for src in p.sources[1:])
-        body += train_stage(p.experiment, dirs, wdir, presets)
+        ckpts = tuple(_scale_var(c, scale) for c in sorted(pretrained_problems(p, scale)))
+        body += train_stage(p.experiment, dirs, wdir, presets, ckpts)
     header = (DEMO_HEADER if standin else PAPER_HEADER) + COMMON_VARS
     exps = [p.experiment for p in params]
     registry = load_registry(params_dir / "figures.yaml").for_experiments(exps)
@@ -192,6 +196,12 @@ def render(scale: str, params_dir: Path) -> str:
         + figures_stage(exps, wdir)
         + plots_section(figures, "" if standin else "../../../")
     )
+
+
+def _scale_var(path: str, scale: str) -> str:
+    """A checkpoint path with the scale's name as its stem written as ${scale} (one stage serves all scales)."""
+    q = Path(path)
+    return (q.parent / f"${{scale}}{q.suffix}").as_posix() if q.stem == scale else path
 
 
 STANDIN = "-standin"  # data/prepared/<dataset>-standin: the stand-in of <dataset> (workflow/rules/data.smk)
