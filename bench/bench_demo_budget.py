@@ -48,8 +48,25 @@ def main() -> None:
             if args.methods and job.method not in args.methods:
                 continue
             out = Path(args.out) / exp / args.scale
-            cmd = ["nice", "-n", str(args.nice), sys.executable, "-m", "lop.cli", "run", "--params", str(path),
-                   "--scale", args.scale, *job.cli_args, "--out", str(out), "--threads", "1", "--no-progress"]
+            cmd = [
+                "nice",
+                "-n",
+                str(args.nice),
+                sys.executable,
+                "-m",
+                "lop.cli",
+                "run",
+                "--params",
+                str(path),
+                "--scale",
+                args.scale,
+                *job.cli_args,
+                "--out",
+                str(out),
+                "--threads",
+                "1",
+                "--no-progress",
+            ]
             before, t0 = cpu_of_children(), time.perf_counter()
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             cpu, wall = cpu_of_children() - before, time.perf_counter() - t0
@@ -57,15 +74,24 @@ def main() -> None:
                 print(f"FAILED: {shlex.join(cmd)}\n{done.stderr[-2000:]}", file=sys.stderr)
                 sys.exit(1)
             rows.append((exp, job.job_id, len(job.outputs), cpu, wall))
-            print(f"| {exp} | {job.job_id} | {len(job.outputs)} | {cpu / 60:.2f} | {wall / 60:.2f} |", flush=True)
-    print("\n| experiment | jobs | runs | CPU-minutes | wall-minutes (this machine) |\n|---|---:|---:|---:|---:|")
+            print(
+                f"| {exp} | {job.job_id} | {len(job.outputs)} | {cpu / 60:.2f} | {wall / 60:.2f} |",
+                flush=True,
+            )
+    print(
+        "\n| experiment | jobs | runs | CPU-minutes | wall-minutes (this machine) |\n|---|---:|---:|---:|---:|"
+    )
     for exp in args.experiments:
         mine = [r for r in rows if r[0] == exp]
-        print(f"| {exp} | {len(mine)} | {sum(r[2] for r in mine)} | {sum(r[3] for r in mine) / 60:.2f} "
-              f"| {sum(r[4] for r in mine) / 60:.2f} |")
+        print(
+            f"| {exp} | {len(mine)} | {sum(r[2] for r in mine)} | {sum(r[3] for r in mine) / 60:.2f} "
+            f"| {sum(r[4] for r in mine) / 60:.2f} |"
+        )
     total = sum(r[3] for r in rows) / 60
-    print(f"| **total** | {len(rows)} | {sum(r[2] for r in rows)} | **{total:.2f}** | "
-          f"{sum(r[4] for r in rows) / 60:.2f} |")
+    print(
+        f"| **total** | {len(rows)} | {sum(r[2] for r in rows)} | **{total:.2f}** | "
+        f"{sum(r[4] for r in rows) / 60:.2f} |"
+    )
     print(f"\nwall on 2 idle cores, two jobs at a time: about {total / 2:.1f} minutes")
 
 

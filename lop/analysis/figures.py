@@ -164,7 +164,9 @@ def draw_figure(
     w, h = style.panel_size
     note = spec.notes.get(scale)
     extra = 0.6 + (0.3 if note else 0.0)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + extra), squeeze=False, dpi=style.dpi)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(w * ncols, h * nrows + extra), squeeze=False, dpi=style.dpi
+    )
     palette = sns.color_palette(style.palette, 10)
     colors: dict[str, object] = {}
     warnings_out: list[str] = []
@@ -236,7 +238,9 @@ def _draw_reference_lines(ax: plt.Axes, panel: PanelSpec, scale: str, colors: di
             ax.plot([ref.x * panel.x.scale], [ref.y], marker="x", color=color, markersize=6, linestyle="none")
 
 
-def reference_label_positions(ys: list[float], gap: float, low: float = 0.0, high: float = 1.0) -> list[float]:
+def reference_label_positions(
+    ys: list[float], gap: float, low: float = 0.0, high: float = 1.0
+) -> list[float]:
     """Label heights (axes fraction) near `ys` with at least `gap` between neighbours, inside [low, high].
 
     Greedy: sorted bottom-up, each label sits at max(its own y, the previous label + gap); if the stack
