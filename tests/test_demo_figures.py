@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.text import Text
 
 from lop.analysis.figures import reference_label_positions, select_runs
 from lop.analysis.registry import LineSpec, load_registry
@@ -96,3 +97,52 @@ def test_reference_labels_never_overlap(ys, gap):
     for i, y in enumerate(ys):  # a label with room stays at its own line
         if y <= 0.95 and all(abs(y - z) >= gap for j, z in enumerate(ys) if j != i):
             assert pos[i] == y
+
+
+def test_draw_figure_uses_the_scale_titles_panels_and_lines(tmp_path):
+    from analysis_fakes import toy_runs
+
+    from lop.analysis.aggregate import aggregate_runs
+    from lop.analysis.figures import draw_figure
+    from lop.analysis.registry import AxisSpec, FigureSpec, PanelSpec, ReferenceSpec, StyleSpec
+
+    toy_runs(tmp_path, seeds=2, steps=20)
+    table = aggregate_runs(tmp_path)
+    lines = (
+        LineSpec(label="BP paper", method="bp", where={"lr": 0.001}, scales=("paper",)),
+        LineSpec(label="BP demo", method="bp", where={"lr": 0.01}, scales=("demo",)),
+    )
+    refs = tuple(ReferenceSpec(y=1.0 + 0.001 * k, label=f"ref {k} (paper)") for k in range(3))
+    spec = FigureSpec(
+        title="paper title",
+        titles={"demo": "demo title: 20 steps"},
+        notes={"demo": "One honest sentence."},
+        experiment="toy",
+        ncols=2,
+        panels=(
+            PanelSpec(
+                title="p",
+                titles={"demo": "p at demo"},
+                metric="loss",
+                y=AxisSpec(label="y"),
+                lines=lines,
+                reference=refs,
+            ),
+            PanelSpec(title="paper only", metric="loss", y=AxisSpec(label="y"), scales=("paper",)),
+        ),
+    )
+    fig, warnings = draw_figure(spec, table, "demo", StyleSpec())
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_title() == "p at demo" and not warnings
+    assert [t.get_label() for t in axes[0].get_lines() if not t.get_label().startswith("_")] == ["BP demo"]
+    assert (
+        "demo title: 20 steps" in fig._suptitle.get_text()
+        and "One honest sentence." in fig._suptitle.get_text()
+    )
+    labels = [t for t in axes[0].texts if t.get_text().startswith("ref")]
+    assert len(labels) == 3
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in labels]  # the text alone, not the joining tick
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    fig, _ = draw_figure(spec, table, "paper", StyleSpec())
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2 and "paper title" in fig._suptitle.get_text()

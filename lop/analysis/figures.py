@@ -275,6 +275,7 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
     refs = [r for r in panel.reference]
     if not refs:
         return
+    ax.get_ylim()  # applies any pending autoscaling, so that transData holds the final limits
     to_axes = ax.transData + ax.transAxes.inverted()
     ys = [float(to_axes.transform((0.0, r.y))[1]) for r in refs]
     height_px = ax.get_window_extent().height
