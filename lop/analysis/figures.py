@@ -222,7 +222,7 @@ def draw_figure(
     label = stand_in_label(table, scale)
     if label is not None:
         fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize="small", color="#b00000", alpha=0.85)
-    top = 1.0 - (0.55 + head.count("\n") * 0.2) / (h * nrows + extra)
+    top = 0.95 - (head.count("\n") - 1) * 0.2 / (h * nrows + extra)  # room for the note's lines
     fig.tight_layout(rect=(0, 0.03, 1, top))
     for i, panel in enumerate(panels):  # after the layout: label positions depend on the final axes size
         _label_references(axes[i // ncols][i % ncols], panel, colors)
@@ -272,14 +272,24 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
     Each label sits just above its dotted line; labels closer than one text line are moved apart and
     joined to their line by a thin tick.
     """
-    refs = [r for r in panel.reference]
+    refs = list(panel.reference)
     if not refs:
         return
-    ax.get_ylim()  # applies any pending autoscaling, so that transData holds the final limits
-    to_axes = ax.transData + ax.transAxes.inverted()
-    ys = [float(to_axes.transform((0.0, r.y))[1]) for r in refs]
     height_px = ax.get_window_extent().height
     gap = (REF_FONT_PT * 1.35 / 72.0 * ax.figure.dpi) / max(height_px, 1.0)
+    for _ in range(4):  # make head room above the highest reference for the stacked labels
+        ax.get_ylim()  # applies any pending autoscaling, so that transData holds the final limits
+        to_axes = ax.transData + ax.transAxes.inverted()
+        ys = [float(to_axes.transform((0.0, r.y))[1]) for r in refs]
+        pos = reference_label_positions([y + 0.01 for y in ys], gap, low=0.0, high=math.inf)
+        over = max(pos) + gap - 1.0
+        if over <= 0.0 or panel.y.lim is not None:
+            break
+        lo, hi = ax.get_ylim()
+        if ax.get_yscale() == "log":
+            ax.set_ylim(lo, hi * (hi / lo) ** (over + 0.02))
+        else:
+            ax.set_ylim(lo, hi + (over + 0.02) * (hi - lo))
     pos = reference_label_positions([y + 0.01 for y in ys], gap, low=0.0, high=1.0 - gap)
     for ref, y, p in zip(refs, ys, pos, strict=True):
         color = colors.get(ref.line, "0.3") if ref.line else "0.3"
@@ -293,6 +303,7 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
             va="bottom",
             fontsize=REF_FONT_PT,
             color=color,
+            bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
             arrowprops=None if abs(p - y - 0.01) < 1e-9 else {"arrowstyle": "-", "color": color, "lw": 0.4},
         )
 
