@@ -222,8 +222,7 @@ def draw_figure(
     label = stand_in_label(table, scale)
     if label is not None:
         fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize="small", color="#b00000", alpha=0.85)
-    top = 0.95 - (head.count("\n") - 1) * 0.2 / (h * nrows + extra)  # room for the note's lines
-    fig.tight_layout(rect=(0, 0.03, 1, top))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # the layout leaves room for the suptitle itself
     for i, panel in enumerate(panels):  # after the layout: label positions depend on the final axes size
         _label_references(axes[i // ncols][i % ncols], panel, colors)
     return fig, warnings_out
