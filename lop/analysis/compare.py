@@ -177,11 +177,11 @@ def experiment_metrics(
 
 
 def plot_table(spec: FigureSpec, table: pd.DataFrame, scale: str) -> pd.DataFrame:
-    """The first panel of a figure as ``x, <line 1>, <line 2>, ...`` (means; every registry line a column,
-    empty where a line has no data at this scale), for `dvc plots show`."""
+    """The first panel of a figure as ``x, <line 1>, <line 2>, ...`` (means; every registry line label a
+    column, once, empty where a line has no data or is not drawn at this scale), for `dvc plots show`."""
     panel = spec.panels[0]
     lines = _lines(spec, panel, table, scale)
-    labels = [ln.label for ln in panel.lines] or sorted(lines)
+    labels = list(dict.fromkeys(ln.label for ln in panel.lines)) or sorted(lines)
     series = {}
     for label in labels:
         line = lines.get(label)

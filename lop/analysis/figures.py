@@ -34,6 +34,8 @@ PAPER_SCALE = "paper"
 PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None}
 PNG_METADATA = {"Software": None}
 MARKERS_BELOW = 12  # lines with this few points get markers (a single bin is otherwise invisible)
+YLABEL_WRAP = 28  # characters per line of a y label (a longer one would run past a panel's height)
+REF_FONT_PT = 5.5  # reference-mark labels
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,9 @@ def _binned(rows: pd.DataFrame, panel: PanelSpec, scale: str) -> pd.DataFrame:
 def panel_lines(
     table: pd.DataFrame, panel: PanelSpec, band: str, scale: str, where: str = "panel"
 ) -> tuple[list[Line], list[str]]:
-    """Summaries of every line of a panel, plus warnings for lines with no data at this scale."""
-    specs = list(panel.lines)
-    if not specs:
+    """Summaries of every line of a panel at `scale`, plus warnings for lines with no data at this scale."""
+    specs = list(panel.lines_at(scale))
+    if not panel.lines:
         methods = panel.methods or tuple(sorted(table["method"].unique()))
         pairs = table[table["method"].isin(methods)][["method", "setting_id"]].drop_duplicates()
         specs = [
@@ -147,19 +149,28 @@ def stand_in_label(table: pd.DataFrame, scale: str) -> str | None:
 def draw_figure(
     spec: FigureSpec, table: pd.DataFrame, scale: str, style: StyleSpec, figure_id: str = "figure"
 ) -> tuple[plt.Figure, list[str]]:
-    """Draw every panel of a figure; returns the figure and the warnings about missing lines."""
+    """Draw every panel of a figure at `scale`; returns the figure and the warnings about missing lines.
+
+    Panels and lines restricted to other scales are left out; titles are the scale's (`title_for`); a
+    panel that still has no line says so in its centre.
+    """
     sns.set_theme(
         style=style.theme, context=style.context, palette=style.palette, font_scale=style.font_scale
     )
-    n = len(spec.panels)
+    panels = spec.panels_at(scale)
+    n = len(panels)
     ncols = min(spec.ncols, n)
     nrows = math.ceil(n / ncols)
     w, h = style.panel_size
-    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows + 0.6), squeeze=False, dpi=style.dpi)
+    note = spec.notes.get(scale)
+    extra = 0.6 + (0.3 if note else 0.0)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(w * ncols, h * nrows + extra), squeeze=False, dpi=style.dpi
+    )
     palette = sns.color_palette(style.palette, 10)
     colors: dict[str, object] = {}
     warnings_out: list[str] = []
-    for i, panel in enumerate(spec.panels):
+    for i, panel in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
         lines, missing = panel_lines(table, panel, spec.band, scale, where=f"{figure_id}.panels[{i}]")
         warnings_out += missing
@@ -183,12 +194,12 @@ def draw_figure(
             )
             if spec.band != "none":
                 ax.fill_between(x, s.lo, s.hi, color=color, alpha=style.band_alpha, linewidth=0)
-        _draw_references(ax, panel, scale, colors)
+        _draw_reference_lines(ax, panel, scale, colors)
         if not lines:
             ax.text(0.5, 0.5, f"no data at {scale} scale", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(panel.title)
+        ax.set_title(textwrap.fill(panel.title_for(scale), width=max(24, int(12 * w))), fontsize="small")
         ax.set_xlabel(panel.x.label)
-        ax.set_ylabel(panel.y.label)
+        ax.set_ylabel(textwrap.fill(panel.y.label, width=YLABEL_WRAP))
         if panel.x.log:
             ax.set_xscale("log")
         if panel.y.log:
@@ -202,32 +213,97 @@ def draw_figure(
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     band = {"se": "mean ± 1 s.e.", "bootstrap95": "mean, 95% bootstrap CI", "none": "mean"}[spec.band]
-    title = textwrap.fill(spec.title, width=max(30, int(11 * w * ncols)))  # ~11 characters per inch
-    fig.suptitle(f"{title}\n({band} over seeds)", fontsize="medium")
+    width = max(30, int(11 * w * ncols))  # ~11 characters per inch
+    title = textwrap.fill(spec.title_for(scale), width=width)
+    head = f"{title}\n({band} over seeds)"
+    if note:
+        head += "\n" + textwrap.fill(note, width=int(width * 1.25))
+    fig.suptitle(head, fontsize="medium")
     label = stand_in_label(table, scale)
     if label is not None:
         fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize="small", color="#b00000", alpha=0.85)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))  # the layout leaves room for the suptitle itself
+    for i, panel in enumerate(panels):  # after the layout: label positions depend on the final axes size
+        _label_references(axes[i // ncols][i % ncols], panel, colors)
     return fig, warnings_out
 
 
-def _draw_references(ax: plt.Axes, panel: PanelSpec, scale: str, colors: dict[str, object]) -> None:
+def _draw_reference_lines(ax: plt.Axes, panel: PanelSpec, scale: str, colors: dict[str, object]) -> None:
     """The paper's values: dotted horizontal lines, plus (x, y) markers where the x axis is the paper's."""
     for ref in panel.reference:
         color = colors.get(ref.line, "0.3") if ref.line else "0.3"
         ax.axhline(ref.y, color=color, linestyle=":", linewidth=0.9, alpha=0.8)
         if ref.x is not None and scale == PAPER_SCALE:
             ax.plot([ref.x * panel.x.scale], [ref.y], marker="x", color=color, markersize=6, linestyle="none")
+
+
+def reference_label_positions(
+    ys: list[float], gap: float, low: float = 0.0, high: float = 1.0
+) -> list[float]:
+    """Label heights (axes fraction) near `ys` with at least `gap` between neighbours, inside [low, high].
+
+    Greedy: sorted bottom-up, each label sits at max(its own y, the previous label + gap); if the stack
+    then ends above `high`, it is pushed down as a whole (and, if it does not fit, spread evenly).
+    Returned in the input order.
+    """
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    pos: list[float] = []
+    for i in order:
+        y = min(max(ys[i], low), high)
+        pos.append(y if not pos else max(y, pos[-1] + gap))
+    if pos and pos[-1] > high:
+        shift = pos[-1] - high
+        pos = [p - shift for p in pos]
+        for k in range(len(pos) - 2, -1, -1):  # keep the gaps, now going downwards
+            pos[k] = min(pos[k], pos[k + 1] - gap)
+        if pos[0] < low:  # too many labels for the height: spread them evenly
+            step = (high - low) / max(1, len(pos) - 1)
+            pos = [low + k * step for k in range(len(pos))]
+    out = [0.0] * len(ys)
+    for k, i in enumerate(order):
+        out[i] = pos[k]
+    return out
+
+
+def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object]) -> None:
+    """Label the reference lines at the right edge, stacked so that no two labels overlap.
+
+    Each label sits just above its dotted line; labels closer than one text line are moved apart and
+    joined to their line by a thin tick.
+    """
+    refs = list(panel.reference)
+    if not refs:
+        return
+    height_px = ax.get_window_extent().height
+    gap = (REF_FONT_PT * 1.35 / 72.0 * ax.figure.dpi) / max(height_px, 1.0)
+    for _ in range(4):  # make head room above the highest reference for the stacked labels
+        ax.get_ylim()  # applies any pending autoscaling, so that transData holds the final limits
+        to_axes = ax.transData + ax.transAxes.inverted()
+        ys = [float(to_axes.transform((0.0, r.y))[1]) for r in refs]
+        pos = reference_label_positions([y + 0.01 for y in ys], gap, low=0.0, high=math.inf)
+        over = max(pos) + gap - 1.0
+        if over <= 0.0 or panel.y.lim is not None:
+            break
+        lo, hi = ax.get_ylim()
+        if ax.get_yscale() == "log":
+            ax.set_ylim(lo, hi * (hi / lo) ** (over + 0.02))
+        else:
+            ax.set_ylim(lo, hi + (over + 0.02) * (hi - lo))
+    pos = reference_label_positions([y + 0.01 for y in ys], gap, low=0.0, high=1.0 - gap)
+    for ref, y, p in zip(refs, ys, pos, strict=True):
+        color = colors.get(ref.line, "0.3") if ref.line else "0.3"
         ax.annotate(
             ref.label,
-            xy=(1.0, ref.y),
-            xycoords=("axes fraction", "data"),
-            xytext=(-2, 2),
-            textcoords="offset points",
+            xy=(1.0, min(max(y, 0.0), 1.0)),
+            xycoords="axes fraction",
+            xytext=(0.995, p),
+            textcoords="axes fraction",
             ha="right",
             va="bottom",
-            fontsize="xx-small",
+            fontsize=REF_FONT_PT,
             color=color,
+            bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+            arrowprops=None if abs(p - y - 0.01) < 1e-9 else {"arrowstyle": "-", "color": color, "lw": 0.4},
         )
 
 

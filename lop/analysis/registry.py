@@ -32,6 +32,11 @@ class LineSpec:
     color: str | None = None
     linestyle: str = "-"
     x_scale: float = 1.0  # this line's steps -> the panel's x units (tasks -> examples)
+    scales: tuple[str, ...] = ()  # drawn only at these scales (empty: every scale)
+
+    def at(self, scale: str) -> bool:
+        """Whether this line belongs to the figure at `scale`."""
+        return not self.scales or scale in self.scales
 
 
 @dataclass(frozen=True)
@@ -86,16 +91,34 @@ class PanelSpec:
     methods: tuple[str, ...] = ()  # with no `lines`: one line per setting of these methods (all if empty)
     relative_to: LineSpec | None = None  # divide by this line's value, paired by seed and x
     reference: tuple[ReferenceSpec, ...] = ()
+    titles: dict[str, str] = field(default_factory=dict)  # per-scale title (the scale's real numbers)
+    scales: tuple[str, ...] = ()  # drawn only at these scales (empty: every scale)
 
     def validate(self) -> list[tuple[str, str]]:
-        labels = [ln.label for ln in self.lines]
-        dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+        scales = {s for ln in self.lines for s in ln.scales} or {""}
+        dup: list[str] = []
+        for scale in scales:  # a label is unique among the lines drawn at each scale
+            labels = [ln.label for ln in self.lines if not scale or ln.at(scale)]
+            dup += [lab for lab in labels if labels.count(lab) > 1 and lab not in dup]
+        dup = sorted(set(dup))
         return check(not dup, "lines", f"duplicate line label(s): {', '.join(dup)}") + check(
             not (self.lines and self.methods), "methods", "give either `lines` or `methods`, not both"
         )
 
     def matches(self, metric: str) -> bool:
         return fnmatch.fnmatchcase(metric, self.metric)
+
+    def title_for(self, scale: str) -> str:
+        """The title at `scale`: its entry in `titles`, else `title` (the paper's)."""
+        return self.titles.get(scale, self.title)
+
+    def at(self, scale: str) -> bool:
+        """Whether this panel is drawn at `scale`."""
+        return not self.scales or scale in self.scales
+
+    def lines_at(self, scale: str) -> tuple[LineSpec, ...]:
+        """The lines drawn at `scale`."""
+        return tuple(ln for ln in self.lines if ln.at(scale))
 
 
 @dataclass(frozen=True)
@@ -109,11 +132,21 @@ class FigureSpec:
     caption: str | None = None  # file under workflow/report/, default <figure id>.rst
     ncols: int = 3
     paper: str = ""  # which paper figure this reproduces, e.g. "Fig. 1b"
+    titles: dict[str, str] = field(default_factory=dict)  # per-scale title (the scale's real numbers)
+    notes: dict[str, str] = field(default_factory=dict)  # per-scale one-sentence note under the title
 
     def validate(self) -> list[tuple[str, str]]:
         return check(len(self.panels) > 0, "panels", "a figure needs at least one panel") + check(
             self.ncols > 0, "ncols", "must be > 0"
         )
+
+    def title_for(self, scale: str) -> str:
+        """The title at `scale`: its entry in `titles`, else `title` (the paper's)."""
+        return self.titles.get(scale, self.title)
+
+    def panels_at(self, scale: str) -> tuple[PanelSpec, ...]:
+        """The panels drawn at `scale` (a panel with no data at a scale is dropped there, not left empty)."""
+        return tuple(p for p in self.panels if p.at(scale))
 
 
 @dataclass(frozen=True)

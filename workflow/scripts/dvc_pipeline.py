@@ -186,7 +186,7 @@ def render(scale: str, params_dir: Path) -> str:
     exps = [p.experiment for p in params]
     registry = load_registry(params_dir / "figures.yaml").for_experiments(exps)
     figures = {
-        fid: (f"{spec.paper or fid}: {spec.panels[0].title}", [ln.label for ln in spec.panels[0].lines])
+        fid: (f"{spec.paper or fid}: {spec.panels[0].title}", list(dict.fromkeys(ln.label for ln in spec.panels[0].lines)))
         for fid, spec in registry.items()
     }
     return (

@@ -1,0 +1,148 @@
+"""The demo scale fills every figure panel it draws (issue #11): a planning check on the params, no training.
+
+For every figure of the registry whose experiment has a params file, the runs the demo scale would train
+(`expand_jobs`: method, setting id, grid values, seeds) are laid out as the aggregate's run columns, and
+every panel drawn at the demo scale must select at least one of them with one of its lines.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.text import Text
+
+from lop.analysis.figures import reference_label_positions, select_runs
+from lop.analysis.registry import LineSpec, load_registry
+from lop.params import expand_jobs, list_param_files, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALE = "demo"
+
+
+def planned_runs(params_file: Path, scale: str) -> pd.DataFrame:
+    """One row per planned run: method, setting_id, seed and the grid values (the aggregate's columns)."""
+    params = load_params(params_file)
+    rows = []
+    for job in expand_jobs(params, scale):
+        settings = {s.setting_id: s for s in params.method_settings(scale, job.method)}
+        for sid in job.setting_ids:
+            for seed in job.seeds:
+                rows.append({"method": job.method, "setting_id": sid, "seed": seed, **settings[sid].values})
+    return pd.DataFrame(rows)
+
+
+def _experiments() -> dict[str, Path]:
+    """Experiments with a demo scale (a params file without one builds no demo figures)."""
+    out = {}
+    for path in list_param_files(ROOT / "params"):
+        params = load_params(path)
+        if SCALE in params.data.scales:
+            out[params.experiment] = path
+    return out
+
+
+EXPERIMENTS = _experiments()
+REGISTRY = load_registry(ROOT / "params" / "figures.yaml")
+DEMO_FIGURES = sorted(REGISTRY.for_experiments(set(EXPERIMENTS)))
+
+
+@pytest.mark.parametrize("figure_id", DEMO_FIGURES)
+def test_every_demo_panel_has_a_series(figure_id):
+    spec = REGISTRY.figures[figure_id]
+    table = planned_runs(EXPERIMENTS[spec.experiment], SCALE)
+    panels = spec.panels_at(SCALE)
+    assert panels, f"{figure_id}: no panel at the {SCALE} scale"
+    for i, panel in enumerate(panels):
+        where = f"{figure_id}.panels[{i}] ({panel.title_for(SCALE)!r})"
+        if panel.lines:
+            drawn = [ln for ln in panel.lines_at(SCALE) if not select_runs(table, ln, where).empty]
+        else:
+            methods = set(panel.methods) if panel.methods else set(table["method"])
+            drawn = sorted(methods & set(table["method"]))
+        assert drawn, f"{where}: no line has runs at the {SCALE} scale"
+        if panel.relative_to is not None:
+            assert not select_runs(table, panel.relative_to, where).empty, where
+
+
+def test_planned_runs_select_like_the_aggregate():
+    """The planning table answers `where` selections as the aggregate would (grid values as columns)."""
+    table = planned_runs(ROOT / "params" / "scr.yaml", "smoke")
+    bp = select_runs(table, LineSpec(label="bp", method="bp", where={"lr": 0.01}), "t")
+    assert set(bp["setting_id"]) == {"lr=0.01"} and sorted(bp["seed"]) == [0, 1]
+    assert select_runs(table, LineSpec(label="x", method="bp", where={"lr": 0.5}), "t").empty
+
+
+def test_panels_and_lines_restricted_to_scales():
+    spec = REGISTRY.figures["ed_fig3"]
+    paper, demo = spec.panels_at("paper"), spec.panels_at(SCALE)
+    assert {p.title for p in demo} <= {p.title for p in paper}
+    for panel in demo:
+        for line in panel.lines_at(SCALE):
+            assert not line.scales or SCALE in line.scales
+
+
+@pytest.mark.parametrize(
+    "ys, gap",
+    [([0.5, 0.51, 0.52], 0.05), ([0.9, 0.95, 0.97, 0.99], 0.06), ([0.1, 0.8], 0.05), ([0.5] * 30, 0.05)],
+)
+def test_reference_labels_never_overlap(ys, gap):
+    pos = reference_label_positions(ys, gap, 0.0, 0.95)
+    ordered = sorted(pos)
+    assert all(0.0 <= p <= 0.95 + 1e-12 for p in pos)
+    step = gap if len(ys) * gap <= 0.95 + gap else 0.95 / (len(ys) - 1)
+    assert all(b - a >= step - 1e-9 for a, b in itertools.pairwise(ordered))
+    for i, y in enumerate(ys):  # a label with room stays at its own line
+        if y <= 0.95 and all(abs(y - z) >= gap for j, z in enumerate(ys) if j != i):
+            assert pos[i] == y
+
+
+def test_draw_figure_uses_the_scale_titles_panels_and_lines(tmp_path):
+    from analysis_fakes import toy_runs
+
+    from lop.analysis.aggregate import aggregate_runs
+    from lop.analysis.figures import draw_figure
+    from lop.analysis.registry import AxisSpec, FigureSpec, PanelSpec, ReferenceSpec, StyleSpec
+
+    toy_runs(tmp_path, seeds=2, steps=20)
+    table = aggregate_runs(tmp_path)
+    lines = (
+        LineSpec(label="BP paper", method="bp", where={"lr": 0.001}, scales=("paper",)),
+        LineSpec(label="BP demo", method="bp", where={"lr": 0.01}, scales=("demo",)),
+    )
+    refs = tuple(ReferenceSpec(y=1.0 + 0.001 * k, label=f"ref {k} (paper)") for k in range(3))
+    spec = FigureSpec(
+        title="paper title",
+        titles={"demo": "demo title: 20 steps"},
+        notes={"demo": "One honest sentence."},
+        experiment="toy",
+        ncols=2,
+        panels=(
+            PanelSpec(
+                title="p",
+                titles={"demo": "p at demo"},
+                metric="loss",
+                y=AxisSpec(label="y"),
+                lines=lines,
+                reference=refs,
+            ),
+            PanelSpec(title="paper only", metric="loss", y=AxisSpec(label="y"), scales=("paper",)),
+        ),
+    )
+    fig, warnings = draw_figure(spec, table, "demo", StyleSpec())
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_title() == "p at demo" and not warnings
+    assert [t.get_label() for t in axes[0].get_lines() if not t.get_label().startswith("_")] == ["BP demo"]
+    assert (
+        "demo title: 20 steps" in fig._suptitle.get_text()
+        and "One honest sentence." in fig._suptitle.get_text()
+    )
+    labels = [t for t in axes[0].texts if t.get_text().startswith("ref")]
+    assert len(labels) == 3
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in labels]  # the text alone, not the joining tick
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    fig, _ = draw_figure(spec, table, "paper", StyleSpec())
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 2 and "paper title" in fig._suptitle.get_text()
