@@ -1,0 +1,55 @@
+"""workflow/scripts/check_lock.py (the CI step behind "a clean `dvc repro` reproduces the committed
+dvc.lock"): how it compares a rebuilt lock with the committed one. The rebuild itself runs in CI
+(.ci/run) and, at smoke scale, in tests/test_pipeline_dvc.py."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import yaml
+from conftest import REPO
+
+SPEC = importlib.util.spec_from_file_location("check_lock", REPO / "workflow/scripts/check_lock.py")
+check_lock = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(check_lock)
+LOCK = yaml.safe_load((REPO / "dvc.lock").read_text())
+
+
+def test_the_committed_lock_reproduces_itself_and_covers_the_ci_subset():
+    assert check_lock.differences(LOCK, copy.deepcopy(LOCK), None) == []
+    outs = check_lock.lock_outputs(LOCK, check_lock.STAGES)
+    assert any(p.startswith("results/runs/scr/") for p in outs)
+    assert any(p.startswith("results/runs/ppo_ant/") for p in outs)
+    assert any(p.startswith("results/agg/") for p in outs)
+
+
+def test_a_changed_hash_size_or_file_count_fails_with_the_fix():
+    for key, value in (("md5", "0" * 32 + ".dir"), ("size", 1), ("nfiles", 999)):
+        rebuilt = copy.deepcopy(LOCK)
+        (out,) = [
+            o for o in rebuilt["stages"]["train_ppo_ant"]["outs"] if o["path"].startswith("results/runs/")
+        ]
+        out[key] = value
+        lines = check_lock.differences(LOCK, rebuilt, ["train_ppo_ant"])
+        assert len(lines) == 1, lines
+        assert out["path"] in lines[0] and key in lines[0]
+        assert "run `dvc repro` and commit dvc.lock" in lines[0]
+        assert check_lock.differences(LOCK, rebuilt, ["train_scr"]) == []  # other stages are not compared
+
+
+def test_an_output_missing_from_either_lock_fails():
+    rebuilt = copy.deepcopy(LOCK)
+    rebuilt["stages"]["train_scr"]["outs"].append({"path": "results/agg/new.parquet", "md5": "x", "size": 1})
+    (line,) = check_lock.differences(LOCK, rebuilt, ["train_scr"])
+    assert "results/agg/new.parquet: not in the committed dvc.lock" in line
+    (line,) = check_lock.differences(rebuilt, LOCK, ["train_scr"])
+    assert "recorded in dvc.lock but not rebuilt" in line
+
+
+def test_foreach_stages_are_selected_by_their_base_name():
+    names = [n for n in LOCK["stages"] if n.startswith("standin@")]
+    assert names
+    assert set(check_lock.lock_outputs(LOCK, ["standin"])) == {
+        o["path"] for n in names for o in LOCK["stages"][n]["outs"]
+    }
