@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
+import subprocess
+import sys
 
+import pytest
 import yaml
 from conftest import REPO
 
@@ -53,3 +57,35 @@ def test_foreach_stages_are_selected_by_their_base_name():
     assert set(check_lock.lock_outputs(LOCK, ["standin"])) == {
         o["path"] for n in names for o in LOCK["stages"][n]["outs"]
     }
+
+
+@pytest.mark.pipeline
+@pytest.mark.slow
+def test_a_clean_rebuild_is_compared_with_the_lock(tmp_path):
+    """End to end on the cheapest stages (the two data stand-ins): the script rebuilds them in a clean
+    copy and compares with a lock whose cifar100 entry was altered: that output, and only it, fails."""
+    lock = copy.deepcopy(LOCK)
+    (out,) = lock["stages"]["standin@cifar100"]["outs"]
+    out["md5"] = "0" * 32 + ".dir"
+    altered = tmp_path / "dvc.lock"
+    altered.write_text(yaml.safe_dump(lock))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "workflow/scripts/check_lock.py"),
+            "--stages",
+            "standin",
+            "--lock",
+            str(altered),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert len(errors) == 1, proc.stderr
+    assert "data/prepared/cifar100-standin: a clean rebuild differs" in errors[0]
+    assert errors[0].endswith("run `dvc repro` and commit dvc.lock")

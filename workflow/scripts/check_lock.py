@@ -115,13 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), help="stages to rebuild, or `all`")
     ap.add_argument("--keep", type=Path, help="rebuild in this (new) folder and keep it")
     ap.add_argument(
+        "--lock", type=Path, default=ROOT / "dvc.lock", help="the lock to compare with (default: ./dvc.lock)"
+    )
+    ap.add_argument(
         "--update", action="store_true", help="write the rebuilt lock to ./dvc.lock (needs --stages all)"
     )
     args = ap.parse_args(argv)
     if args.update and args.stages != ["all"]:
         ap.error("--update rewrites the whole lock: use it with --stages all")
     stages = None if args.stages == ["all"] else list(args.stages)
-    committed = yaml.safe_load((ROOT / "dvc.lock").read_text()) or {}
+    committed = yaml.safe_load(args.lock.read_text()) or {}
     unknown = [s for s in stages or [] if not lock_outputs(committed, [s])]
     if unknown:
         print(f"error: dvc.lock: no stage {', '.join(unknown)} recorded; {FIX}", file=sys.stderr)
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dvc.lock rewritten from a clean rebuild ({len(lines)} outputs changed); commit it")
         return 0
     for line in lines:
-        print(f"error: dvc.lock: {line}", file=sys.stderr)
+        print(f"error: {args.lock.name}: {line}", file=sys.stderr)
     if not lines:
         n = len(lock_outputs(committed, stages))
         print(
