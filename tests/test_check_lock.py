@@ -51,6 +51,14 @@ def test_an_output_missing_from_either_lock_fails():
     assert "recorded in dvc.lock but not rebuilt" in line
 
 
+def test_changed_dependencies_are_named_per_stage():
+    rebuilt = copy.deepcopy(LOCK)
+    (dep,) = [d for d in rebuilt["stages"]["train_scr"]["deps"] if d["path"] == "lop"]
+    dep["md5"] = "1" * 32 + ".dir"
+    assert check_lock.changed_dependencies(LOCK, rebuilt) == {"train_scr": ["lop"]}
+    assert check_lock.changed_dependencies(LOCK, LOCK) == {}
+
+
 def test_foreach_stages_are_selected_by_their_base_name():
     names = [n for n in LOCK["stages"] if n.startswith("standin@")]
     assert names

@@ -74,6 +74,22 @@ def differences(
     return lines
 
 
+def changed_dependencies(committed: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{stage: [dependency paths whose hash differs]}`` for the stages of both locks: code or params
+    changed since the committed lock was written (a note, not an error: the outputs decide)."""
+    out = {}
+    for name, stage in (rebuilt.get("stages") or {}).items():
+        old = {
+            d["path"]: d.get("md5")
+            for d in ((committed.get("stages") or {}).get(name) or {}).get("deps") or []
+        }
+        new = {d["path"]: d.get("md5") for d in stage.get("deps") or []}
+        changed = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+        if changed and old:
+            out[name] = changed
+    return out
+
+
 def _copy_tree(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout.split(
         b"\0"
@@ -138,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             rebuilt = rebuild(stages, Path(tmp))
             text = (Path(tmp) / "dvc.lock").read_text()
     lines = differences(committed, rebuilt, stages)
+    for name, deps in changed_dependencies(committed, rebuilt).items():
+        print(
+            f"note: {args.lock.name}: stage {name}: dependencies changed since it was written: {', '.join(deps)}"
+        )
     if args.update:
         (ROOT / "dvc.lock").write_text(text)
         print(f"dvc.lock rewritten from a clean rebuild ({len(lines)} outputs changed); commit it")
