@@ -69,6 +69,7 @@ def test_foreach_stages_are_selected_by_their_base_name():
 
 @pytest.mark.pipeline
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about a minute on idle cores; a shared machine can stretch it far
 def test_a_clean_rebuild_is_compared_with_the_lock(tmp_path):
     """End to end on the cheapest stages (the two data stand-ins): the script rebuilds them in a clean
     copy and compares with a lock whose cifar100 entry was altered: that output, and only it, fails."""
@@ -90,7 +91,7 @@ def test_a_clean_rebuild_is_compared_with_the_lock(tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=3500,
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1, proc.stdout + proc.stderr
