@@ -110,6 +110,7 @@ def test_repro_runs_everything_then_nothing(dvc_repo):
 
 @pytest.mark.pipeline
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # two smoke-scale `dvc repro` (the fixture's and its own)
 def test_a_second_clean_rebuild_reproduces_every_hash_of_the_lock(dvc_repo, tmp_path):
     """Every DVC-tracked output (runs folders with their run.json, aggregates, figures, tables, metrics)
     is deterministic: another clean copy's `dvc repro` writes the same dvc.lock, output for output
