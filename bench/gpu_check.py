@@ -442,12 +442,13 @@ def pipeline_case(
     sync(device)
     wall = time.perf_counter() - t0
     records = [json.loads((d / "run.json").read_text()) for d in dirs]
+    metas = [json.loads((d / "run.meta.json").read_text()) for d in dirs]
     frames = [pd.read_parquet(d / "metrics.parquet") for d in dirs]
     statuses = sorted({r["status"] for r in records})
     finite = all(
         bool(f["value"].notna().all()) and bool(f["value"].abs().lt(float("inf")).all()) for f in frames
     )
-    recorded = sorted({str(r["device"]).split(":")[0] for r in records})
+    recorded = sorted({str(m["device"]).split(":")[0] for m in metas})
     steps = int(max(f["step"].nunique() for f in frames)) if frames else 0
     return PipelineRow(
         experiment=experiment,

@@ -59,11 +59,17 @@ def locked_outputs(lock_file: Path, prefix: str = RUNS_PREFIX) -> list[Output]:
 
 
 def _tracked_files(folder: Path) -> int:
-    """Files DVC would track in a folder: .dvcignore leaves out dot-folders (checkpoints) and temp files."""
+    """Files DVC would track in a folder: .dvcignore leaves out dot-folders (checkpoints), temp files and
+    each run's volatile ``run.meta.json``."""
     n = 0
     for p in folder.rglob("*"):
         rel = p.relative_to(folder).parts
-        if p.is_file() and not any(part.startswith(".") for part in rel) and "__pycache__" not in rel:
+        if (
+            p.is_file()
+            and not any(part.startswith(".") for part in rel)
+            and "__pycache__" not in rel
+            and p.name != "run.meta.json"
+        ):
             n += 1
     return n
 

@@ -501,28 +501,19 @@ def gunzip_capped(data: bytes, cap: int, where: str) -> bytes:
 # Snakemake --config
 # ---------------------------------------------------------------------------------------------
 
-WORKFLOW_CONFIG_KEYS = ("scale", "from_cache", "device", "params_dir", "figures", "results", "experiments")
-_FLAGS = ("1", "0", "true", "false", "yes", "no", "on", "off")
+PATH_CONFIG_KEYS = ("params_dir", "figures", "results")  # --config values that become folders/files
 
 
 def check_workflow_config(config: Mapping[str, Any]) -> None:
-    """The schema of the pipeline's ``--config`` values (workflow/rules/common.smk): known keys only;
-    ``scale`` one of smoke/demo/paper; ``from_cache`` a boolean word; ``device`` as `check_device`;
-    folders plain paths (no NUL, no newline); ``experiments`` safe names. Raises `ConfigError`."""
-    for key in config:
-        if key not in WORKFLOW_CONFIG_KEYS:
-            raise ConfigError(
-                f"--config {str(key)[:40]}", f"unknown key; known keys are: {', '.join(WORKFLOW_CONFIG_KEYS)}"
-            )
-    scale = config.get("scale", "demo")
-    if scale not in ("smoke", "demo", "paper"):
-        raise ConfigError("--config scale", f"{str(scale)[:40]!r} is not one of smoke, demo, paper")
-    flag = config.get("from_cache", False)
-    if not isinstance(flag, bool) and str(flag).strip().lower() not in _FLAGS:
-        raise ConfigError("--config from_cache", f"{str(flag)[:40]!r} is not true/false (or 1/0, yes/no)")
+    """The safety checks on the pipeline's ``--config`` that its JSON schema cannot express; the schema
+    (workflow/schemas/config.schema.yaml, `lop.workflow_config.check_config`, run first) is the one source
+    of truth for the keys, their types and allowed values, so this holds no key list and ignores keys it
+    does not check. Checked: the folders/files of `PATH_CONFIG_KEYS` are plain paths (no NUL, no newline);
+    each name in ``experiments`` is a safe path component (`safe_component`: no ``..``, separators,
+    at most 200 characters); ``device`` exists on this machine (`check_device`). Raises `ConfigError`."""
     if config.get("device") is not None:
         check_device(config["device"], "--config device")
-    for key in ("params_dir", "figures", "results"):
+    for key in PATH_CONFIG_KEYS:
         value = config.get(key)
         if value is None:
             continue

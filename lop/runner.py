@@ -1,7 +1,10 @@
 """Train a group of runs: checkpoint, resume, and write per-run results (the run contract).
 
-Per run: ``<out>/<method>/<setting_id>/seed-<seed>/metrics.parquet`` (tidy: step, metric, value)
-then ``run.json`` (resolved config, provenance, status, and ``stand_in`` = the trainer's `Trainer.stand_in`).
+Per run: ``<out>/<method>/<setting_id>/seed-<seed>/metrics.parquet`` (tidy: step, metric, value), then
+``run.meta.json`` (volatile provenance: commit, versions, device, wall time, timestamps, resume unit) and
+last ``run.json`` (resolved config, status, metrics checksum and ``stand_in`` = the trainer's
+`Trainer.stand_in`): everything in run.json is a function of seed + config, so on one machine the
+same job writes the same bytes.
 The group checkpoints atomically to ``<out>/.checkpoints/<group-hash>.pt`` and a re-run after a kill resumes
 from it.
 """
@@ -29,6 +32,7 @@ from lop.io import atomic_write, device_description, git_commit, load_checkpoint
 from lop.limits import SEED_LIMIT, inside, safe_component
 
 CHECKPOINT_FORMAT = 1
+META_FILE = "run.meta.json"  # volatile provenance of a run (host, versions, times); never DVC-hashed
 
 
 def run_dir(out: Path, run: RunSpec) -> Path:
@@ -278,13 +282,15 @@ def run_group(
     wall = elapsed + time.monotonic() - t_start
     diverged = trainer.diverged_at().cpu().tolist()
     finished = datetime.now(UTC).isoformat(timespec="seconds")
+    # run.json holds only what the computation determines (same seed + config -> same bytes, so DVC's
+    # hash of a runs folder is reproducible); where, when and how long it ran goes to run.meta.json,
+    # which `.dvcignore` keeps out of DVC's hashes (docs/reliability.md, "Reproducible hashes").
+    group = {"group_size": len(runs), "group_hash": ghash}
     meta = {
         "git_commit": git_commit(),
         "versions": versions(),
         "device": device_description(device),
         "wall_time_s": round(wall, 3),
-        "group_size": len(runs),
-        "group_hash": ghash,
         "resumed_from_unit": resumed_from,
         "started": started,
         "finished": finished,
@@ -314,8 +320,9 @@ def run_group(
             "seed": run.seed,
             "stand_in": bool(trainer.stand_in),
             "config": cfg,
-            **meta,
+            **group,
         }
+        atomic_write(path / META_FILE, lambda p, m=meta: p.write_text(json.dumps(m, indent=2) + "\n"))
         atomic_write(path / "run.json", lambda p, r=record: p.write_text(json.dumps(r, indent=2) + "\n"))
     ckpt_path.unlink(missing_ok=True)
     return dirs

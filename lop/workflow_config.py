@@ -3,7 +3,8 @@
 The schema is workflow/schemas/config.schema.yaml; config/config.yaml holds every key with its default.
 Snakemake's own ``snakemake.utils.validate`` reports a jsonschema traceback-like dump; this module turns
 the first problem into one line that names the key and the allowed values, so the workflow can stop
-before any job is planned. No Snakemake imports here (tests call it directly).
+before any job is planned; `check_pipeline_config` adds the safety checks of `lop.limits` after it.
+No Snakemake imports here (tests call it directly).
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     errors = config_errors(config, load_schema(schema_path))
     if errors:
         raise ConfigError("", "; ".join(errors))
+
+
+def check_pipeline_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """What the workflow runs at parse time: the schema (keys, types, allowed values: the one source of
+    truth), then the safety checks the schema cannot express (`lop.limits.check_workflow_config`: plain
+    paths, safe experiment names, a device that exists here). Raises `ConfigError` (one line)."""
+    from lop.limits import check_workflow_config
+
+    check_config(config, schema_path)
+    check_workflow_config(config)
 
 
 def config_flag(value: Any) -> bool:

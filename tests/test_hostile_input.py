@@ -751,26 +751,34 @@ def test_generated_run_folders(n):
 
 @pytest.mark.parametrize("n", PROFILES)
 def test_generated_workflow_config(n):
+    """What workflow/rules/common.smk runs (`check_pipeline_config`: the schema, then the safety checks of
+    `lop.limits`) on generated --config dicts: one-line error, or a config the schema and the safety
+    checks both accept."""
     from lop.errors import ConfigError
-    from lop.limits import WORKFLOW_CONFIG_KEYS, check_workflow_config
+    from lop.workflow_config import check_pipeline_config, load_schema
 
-    keys = st.sampled_from([*WORKFLOW_CONFIG_KEYS, "sclae", "device ", "x"])
+    schema_path = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    known = list(load_schema(schema_path)["properties"])
+    keys = st.sampled_from([*known, "sclae", "device ", "x"])
     values = st.one_of(
-        HOSTILE_VALUES, st.sampled_from(["smoke", "demo", "paper", "cpu", "scr", "1", "results"])
+        HOSTILE_VALUES,
+        st.sampled_from(["smoke", "demo", "paper", "cpu", "scr", "1", "results", "../x", "a\x00b", "scr,.."]),
     )
 
     def check(config: dict[str, Any]) -> None:
         try:
-            check_workflow_config(config)
+            check_pipeline_config(config, schema_path)
         except ConfigError as e:
             assert "\n" not in str(e)
             OUTCOMES["snakemake --config (schema)"]["error"] += 1
             return
         OUTCOMES["snakemake --config (schema)"]["ran"] += 1
         assert config.get("scale", "demo") in ("smoke", "demo", "paper")
-        assert set(config) <= set(WORKFLOW_CONFIG_KEYS)
+        assert set(config) <= set(known)
         for name in str(config.get("experiments") or "").split(","):
             assert ".." not in name and "/" not in name
+        for key in ("params_dir", "figures", "results"):
+            assert "\x00" not in str(config.get(key) or "")
 
     explore(st.dictionaries(keys, values, max_size=4), check, n)
 

@@ -202,3 +202,121 @@ def test_augmented_test_trackers_resume_mid_increment(cifar_dir) -> None:
     )  # fmt: skip
     runs = [RunSpec("m", "d", {}, MethodConfig(lr=0.1, momentum=0.9), s) for s in (0, 1)]
     _resumed_equals_straight(lambda: IncrementalCifarTrainer(problem, runs, torch.device("cpu")), split=1)
+
+
+# ---- Continual ImageNet: the reference's repeated class order ---------------------------------------------
+def test_repeated_class_order_reuses_the_first_permutation() -> None:
+    from lop.experiments.continual_imagenet import ContinualImageNetProblem
+    from lop.problems.image_tasks import ClassGroupSequence
+    from lop.rng import RunStreams
+
+    fresh = ClassGroupSequence(RunStreams([0, 3]), n_classes=10, per_task=2).sequence(15)
+    repeat = ClassGroupSequence(RunStreams([0, 3]), n_classes=10, per_task=2, repeat=True).sequence(15)
+    assert torch.equal(repeat[:, :5], fresh[:, :5])  # block 0 is the same either way
+    assert torch.equal(repeat[:, 5:10], repeat[:, :5]) and torch.equal(repeat[:, 10:], repeat[:, :5])
+    assert not torch.equal(fresh[:, 5:10], fresh[:, :5])  # the default draws a fresh permutation
+    assert "class_order" not in to_dict(ContinualImageNetProblem())
+    assert to_dict(from_dict(ContinualImageNetProblem, {"class_order": "repeat"}))["class_order"] == "repeat"
+
+
+def test_repeated_class_order_reaches_the_trainer(tmp_path) -> None:
+    from lop.data.imagenet32 import prepare_imagenet32
+    from lop.data.standins import write_standin
+    from lop.experiments.base import RunSpec
+    from lop.experiments.continual_imagenet import ContinualImageNetProblem, ContinualImageNetTrainer
+
+    write_standin("imagenet32", tmp_path / "raw", size="small")
+    data = prepare_imagenet32(tmp_path / "raw", tmp_path / "prepared")
+    runs = [RunSpec("m", "d", {}, MethodConfig(lr=0.01, momentum=0.9), 0)]
+    seqs = {}
+    for order in ("fresh", "repeat"):
+        problem = ContinualImageNetProblem(
+            data_dir=str(data),
+            class_order=order,
+            n_classes=6,
+            n_tasks=7,
+            train_per_class=20,
+            test_per_class=10,
+        )
+        tasks = ContinualImageNetTrainer(problem, runs, torch.device("cpu")).tasks
+        seqs[order] = tasks.sequence(6)  # 2 blocks of 3 tasks
+    assert torch.equal(seqs["repeat"][:, 3:], seqs["repeat"][:, :3])
+    assert not torch.equal(seqs["fresh"][:, 3:], seqs["fresh"][:, :3])
+
+
+# ---- CIFAR: the reference's first-50 validation split -----------------------------------------------------
+def test_first_validation_split_holds_out_the_first_images_of_each_class() -> None:
+    import numpy as np
+
+    from lop.problems.image_tasks import first_validation_split
+
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 1, 2, 0, 2, 1, 0, 2])
+    train, val = _split_last(labels, 2)
+    ftrain, fval = first_validation_split(labels, train, val)
+    assert sorted([*ftrain, *fval]) == list(range(labels.size))  # the same images, re-split
+    for c in range(3):
+        members = np.flatnonzero(labels == c)  # file order
+        assert fval[labels[fval] == c].tolist() == members[:2].tolist()  # the first two: validation
+        assert val[labels[val] == c].tolist() == members[-2:].tolist()  # the artifact: the last two
+
+
+def _split_last(labels, n_val):
+    """The prepared artifact's split (last ``n_val`` of each class), for any label count."""
+    import numpy as np
+
+    is_val = np.zeros(labels.size, dtype=bool)
+    for c in np.unique(labels):
+        is_val[np.flatnonzero(labels == c)[-n_val:]] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def test_validation_split_option_changes_the_validation_images(cifar_dir) -> None:
+    from lop.problems.image_tasks import load_cifar_tensors
+
+    kw = dict(train_per_class=3, val_per_class=2, test_per_class=5, n_classes=6)
+    last = load_cifar_tensors(cifar_dir, torch.device("cpu"), **kw)
+    first = load_cifar_tensors(cifar_dir, torch.device("cpu"), validation_split="first", **kw)
+    assert torch.equal(first.test, last.test)
+    assert not torch.equal(first.val, last.val)
+    # first: validation = the class's first images, so the default's first training images move to it
+    assert torch.equal(first.val, last.train[:, :2])
+
+
+# ---- CIFAR: probes in training mode (the reference's analysis) --------------------------------------------
+def test_probe_bn_train_uses_batch_statistics_and_leaves_training_alone(cifar_dir) -> None:
+    from lop.experiments.base import RunSpec
+    from lop.experiments.incremental_cifar import IncrementalCifarProblem, IncrementalCifarTrainer
+
+    cfg = MethodConfig(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    runs = [RunSpec("m", "d", {}, cfg, s) for s in (0, 1)]
+    out = {}
+    for mode in ("eval", "train"):
+        problem = IncrementalCifarProblem(
+            data_dir=str(cifar_dir), n_classes=6, classes_start=2, classes_per_increment=2, n_increments=2,
+            epochs_per_increment=2, lr_milestones=(1,), lr_factors=(0.2,), batch_size=6, train_per_class=3,
+            val_per_class=2, test_per_class=5, image_size=8, width=4, probe_images=8, eval_batch=8,
+            probe_bn=mode,
+        )  # fmt: skip
+        trainer = IncrementalCifarTrainer(problem, runs, torch.device("cpu"))
+        blocks = {}
+        for unit in range(problem.n_epochs):
+            for b in trainer.train_unit(unit):
+                blocks.setdefault(b.name, []).append(b.values.clone())
+        before = {k: v.clone() for k, v in trainer.net.buffers.items()}
+        idx = torch.arange(8).expand(2, 8)
+        probe = trainer.probe(trainer.data.train.flatten(0, 1), idx)
+        assert all(torch.equal(before[k], v) for k, v in trainer.net.buffers.items())  # restored
+        assert trainer.net.training  # back in training mode for the next step
+        out[mode] = (blocks, probe, {k: v.clone() for k, v in trainer.net.params.items()})
+    (b_eval, p_eval, w_eval), (b_train, p_train, w_train) = out["eval"], out["train"]
+    assert not torch.equal(p_eval[1], p_train[1])  # batch statistics instead of running statistics
+    assert all(torch.equal(w_eval[k], w_train[k]) for k in w_eval)  # training itself is unchanged
+    probe_metrics = {
+        n for n in b_eval if n.startswith(("dormant", "effective_rank", "stable_rank", "approximate", "abs_"))
+    }
+    assert probe_metrics
+    for name in set(b_eval) - probe_metrics:
+        assert all(torch.equal(a, b) for a, b in zip(b_eval[name], b_train[name], strict=True)), name
+    assert any(
+        not torch.equal(a, b) for n in probe_metrics for a, b in zip(b_eval[n], b_train[n], strict=True)
+    )

@@ -17,6 +17,15 @@ def _metrics(root: Path) -> dict[str, pd.DataFrame]:
     }
 
 
+def _folder_bytes(root: Path) -> dict[str, bytes]:
+    """Every file DVC hashes in a runs folder (no dot-folders, no run.meta.json), with its bytes."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "run.meta.json" and not any(x.startswith(".") for x in p.relative_to(root).parts)
+    }
+
+
 def test_outputs_follow_the_contract(tmp_path):
     out = tmp_path / "runs"
     r = run_lop(*SMOKE, "--method", "bp", "--out", str(out))
@@ -32,8 +41,9 @@ def test_outputs_follow_the_contract(tmp_path):
             assert info["status"] == "complete" and info["seed"] == seed and info["setting_id"] == sid
             assert info["config"]["method"]["lr"] == float(sid.split("=")[1])
             assert info["config"]["problem"]["n_examples"] == 2000
-            for key in ("versions", "git_commit", "device", "wall_time_s", "started", "finished"):
-                assert key in info
+            meta = json.loads((d / "run.meta.json").read_text())
+            volatile = ("versions", "git_commit", "device", "wall_time_s", "started", "finished", "resumed_from_unit")
+            assert set(meta) == set(volatile) and not set(info) & set(volatile)
             assert info["stand_in"] is False  # SCR has no dataset
     assert not list((out / ".checkpoints").glob("*.pt"))
 
@@ -46,6 +56,7 @@ def test_same_seed_same_results_and_rerun_is_a_no_op(tmp_path):
     assert ma.keys() == mb.keys()
     for k in ma:
         pd.testing.assert_frame_equal(ma[k], mb[k], check_exact=True)
+    assert _folder_bytes(a) == _folder_bytes(b)  # every DVC-hashed file, byte for byte (run.json too)
     stamp = (a / "cbp").stat().st_mtime_ns
     r = run_lop(*SMOKE, "--method", "cbp", "--out", str(a))
     assert "already complete" in r.stderr and (a / "cbp").stat().st_mtime_ns == stamp
@@ -74,6 +85,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, params):
     assert {json.loads(p.read_text())["stand_in"] for p in run_jsons} == {stand_in}
     for k in ma:
         pd.testing.assert_frame_equal(ma[k], mb[k], check_exact=True)
+    assert _folder_bytes(full) == _folder_bytes(killed)  # run.json too: the resume shows only in run.meta.json
+    metas = {json.loads(p.read_text())["resumed_from_unit"] for p in killed.rglob("run.meta.json")}
+    assert metas == {1} and {json.loads(p.read_text())["resumed_from_unit"] for p in full.rglob("run.meta.json")} == {None}
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path):

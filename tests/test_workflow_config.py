@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lop.errors import ConfigError
-from lop.workflow_config import check_config, config_errors, config_flag, load_schema
+from lop.limits import PATH_CONFIG_KEYS, check_workflow_config
+from lop.workflow_config import (
+    check_config,
+    check_pipeline_config,
+    config_errors,
+    config_flag,
+    load_schema,
+)
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = load_schema(SCHEMA_PATH)
@@ -103,6 +110,32 @@ def test_device_accepts_exactly_auto_cpu_cuda_and_cuda_n(value):
 def test_several_problems_are_all_reported_on_one_line():
     errors = config_errors({**DEFAULTS, "sclae": "x", "device": "gpu", "scale": "papr"}, SCHEMA)
     assert [e.split(" ")[1].split("=")[0].rstrip(":") for e in errors] == ["sclae", "device", "scale"]
+
+
+def test_the_safety_checks_hold_no_key_list_and_check_only_schema_keys():
+    """One source of truth: the schema decides which keys exist; the safety checks ignore keys they do
+    not check, and every key they do check is one of the schema's (renaming a key in the schema without
+    the check would fail here instead of silently dropping the check)."""
+    check_workflow_config({"sclae": "papr", "from_cache": "maybe", "scale": 7})  # the schema's business
+    assert {*PATH_CONFIG_KEYS, "experiments", "device"} <= KEYS
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ({"results": "a\x00b"}, ["--config results", "plain path"]),
+        ({"params_dir": "p\nq"}, ["--config params_dir", "plain path"]),
+        ({"experiments": ["a" * 300]}, ["--config experiments"]),
+        ({"device": "cuda:64"}, ["--config device", "not available here"]),
+    ],
+)
+def test_what_the_schema_passes_the_safety_checks_can_still_refuse(override, needles):
+    config = {**DEFAULTS, **override}
+    assert config_errors(config, SCHEMA) == []  # the schema alone lets it through
+    with pytest.raises(ConfigError) as e:
+        check_pipeline_config(config, SCHEMA_PATH)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(("value", "flag"), [(True, True), ("true", True), ("1", True), (1, True),

@@ -1,7 +1,8 @@
 """Experiment `continual_imagenet`: Continual ImageNet, binary tasks on 32×32 ImageNet (Fig. 1; docs/protocols/continual_imagenet.md).
 
 Each task is a new group of `classes_per_task` classes (a pair) from a seeded permutation of the classes,
-with a fresh permutation every ``n_classes // classes_per_task`` tasks. A task trains for
+with a fresh permutation every ``n_classes // classes_per_task`` tasks (``class_order: repeat`` reuses the
+first permutation, as the reference code did). A task trains for
 `epochs_per_task` epochs over its ``classes_per_task × train_per_class`` images (600 per class) in
 mini-batches of `batch_size`, reshuffled every epoch from the run's seed; the output layer is zeroed at
 the start of every task. Unit = one task; metrics per task (step = task number, 1-based):
@@ -22,7 +23,7 @@ from typing import Literal
 import torch
 
 from lop.algos.method_layer import supported_keys
-from lop.config import check
+from lop.config import check, optional_field
 from lop.errors import DataError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
 from lop.metrics import weight_magnitude
@@ -56,6 +57,9 @@ class ContinualImageNetProblem:
     head_reset_clears_momentum: bool = False
     verify_data: bool = True
     channels_last: bool = True
+    # "fresh": a new seeded class permutation every n_classes // classes_per_task tasks; "repeat": block
+    # 0's permutation for every block, as the reference code ran it (docs/protocols/reference-differences.md)
+    class_order: Literal["fresh", "repeat"] = optional_field("fresh")
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -103,7 +107,12 @@ class ContinualImageNetTrainer(Trainer):
         )
         configs = [r.config for r in runs]
         self.learner = MinibatchLearner(self.net, configs, self.streams, self.net.unit_layers())
-        self.tasks = ClassGroupSequence(self.streams, self.data.n_classes, problem.classes_per_task)
+        self.tasks = ClassGroupSequence(
+            self.streams,
+            self.data.n_classes,
+            problem.classes_per_task,
+            repeat=problem.class_order == "repeat",
+        )
         self.scale = INPUT_SCALES[problem.input_scale]
         self.n_train = problem.classes_per_task * problem.train_per_class
         self.n_batches = -(-self.n_train // problem.batch_size)
@@ -163,7 +172,6 @@ class ContinualImageNetTrainer(Trainer):
         logits = self.net(to_float_images(x, self.scale))
         self.net.train()
         return (logits.argmax(-1) == y).to(torch.float64).mean(1)
-
 
 
 EXPERIMENT = ExperimentSpec(

@@ -99,6 +99,12 @@ class IncrementalCifarProblem:
     channels_last: bool = True
     # also evaluate on augmented test images (the reference's test accuracy), under distinct metric names
     augmented_test: bool = optional_field(False)
+    # the validation hold-out: the "last" images of each class in file order (the prepared artifact's
+    # split) or the "first" ones, as the reference code split it (docs/protocols/reference-differences.md)
+    validation_split: Literal["last", "first"] = optional_field("last")
+    # BatchNorm during the probes (dormant units, ranks): "eval" (running statistics) or "train" (each
+    # probe batch's own statistics, as the reference's analysis ran; the running statistics are restored)
+    probe_bn: Literal["eval", "train"] = optional_field("eval")
 
     @property
     def n_epochs(self) -> int:
@@ -159,6 +165,7 @@ class IncrementalCifarTrainer(Trainer):
             val_per_class=problem.val_per_class,
             test_per_class=problem.test_per_class,
             verify=problem.verify_data,
+            validation_split=problem.validation_split,
         )
         self.stand_in = self.data.stand_in
         self.net = ResNet18(
@@ -245,7 +252,9 @@ class IncrementalCifarTrainer(Trainer):
             if self.aug:
                 final_aug = self.aug["best"] if p.early_stopping else test_aug
                 for name, v in (("max", self.aug["max"]), ("final", final_aug)):
-                    blocks.append(MetricBlock(f"test_accuracy_augmented/{name}", step, v.clone().unsqueeze(1)))
+                    blocks.append(
+                        MetricBlock(f"test_accuracy_augmented/{name}", step, v.clone().unsqueeze(1))
+                    )
         return blocks
 
     def _train_epoch(self, epoch: int, n_seen: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,14 +399,19 @@ class IncrementalCifarTrainer(Trainer):
     @torch.no_grad()
     def probe(self, images: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dormant fraction ``[S]`` float64, pooled features ``[S, n, 8·width]``) of the clean images
-        ``images[idx]`` (idx ``[S, n]``), in eval mode.
+        ``images[idx]`` (idx ``[S, n]``), in eval mode, or with ``probe_bn: train`` in training mode
+        (BatchNorm normalises each probe batch of `eval_batch` images by its own statistics, as the
+        reference's analysis did; the running statistics it updates are restored afterwards, so the probe
+        never changes training).
 
         Units: the channels of the 16 hidden conv outputs before the last block's output, plus the
         8·width (512) pooled features standing for the last block's output (the reference's feature
         list); a unit is dormant when it is non-zero on fewer than `dormant_threshold` of the (image,
         position) pairs.
         """
-        self.net.eval()
+        train_bn = self.p.probe_bn == "train"
+        saved = {k: v.clone() for k, v in self.net.buffers.items()} if train_bn else {}
+        self.net.train(train_bn)
         nonzero: dict[str, torch.Tensor] = {}
         positions: dict[str, int] = {}
         feats = []
@@ -412,6 +426,8 @@ class IncrementalCifarTrainer(Trainer):
                 nz = (h != 0).sum(dim=(1, 3), dtype=torch.float64)  # [S, C]
                 nonzero[k] = nonzero[k] + nz if k in nonzero else nz
                 positions[k] = h.shape[3]
+        for k, v in saved.items():
+            self.net.buffers[k].copy_(v)
         self.net.train()
         n = idx.shape[1]
         dormant = sum(

@@ -42,11 +42,17 @@ class ClassGroupSequence:
     Task ``t`` lies in block ``b = t // (n_classes // k)``; block ``b`` is a fresh permutation of the
     classes (stream ``name``, counter ``b``) cut into consecutive groups of ``k``. Within a block every
     class appears at most once; classes left over when ``k`` does not divide ``n_classes`` are unused
-    in that block.
+    in that block. With ``repeat=True`` every block reuses block 0's permutation, as the reference code
+    did (task ``t`` and task ``t + n_classes // k`` train on the same classes).
     """
 
     def __init__(
-        self, streams: RunStreams, n_classes: int, per_task: int = 2, name: str = CLASS_ORDER_STREAM
+        self,
+        streams: RunStreams,
+        n_classes: int,
+        per_task: int = 2,
+        name: str = CLASS_ORDER_STREAM,
+        repeat: bool = False,
     ) -> None:
         if per_task < 1 or n_classes < per_task:
             raise ValueError(f"need 1 <= per_task <= n_classes, got {per_task} and {n_classes}")
@@ -55,6 +61,7 @@ class ClassGroupSequence:
         self.per_task = per_task
         self.name = name
         self.tasks_per_block = n_classes // per_task
+        self.repeat = repeat
         self._block = -1
         self._perm: torch.Tensor | None = None
 
@@ -71,7 +78,7 @@ class ClassGroupSequence:
             raise ValueError(f"task must be >= 0, got {task}")
         block, j = divmod(task, self.tasks_per_block)
         k = self.per_task
-        return self.permutation(block)[:, j * k : (j + 1) * k]
+        return self.permutation(0 if self.repeat else block)[:, j * k : (j + 1) * k]
 
     def sequence(self, n_tasks: int) -> torch.Tensor:
         """``[S, n_tasks, per_task]`` classes of the first ``n_tasks`` tasks (for inspection and tests)."""
@@ -228,6 +235,23 @@ def _by_class(
     return index[order[take]]
 
 
+def first_validation_split(
+    labels: np.ndarray, train_index: np.ndarray, val_index: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train_index, val_index), sorted: the same images and the same hold-out size per class as the
+    artifact's split, but the hold-out is the *first* images of each class in file order instead of
+    the last (the reference code's split)."""
+    pool = np.sort(np.concatenate([train_index, val_index]))
+    lab = np.asarray(labels)[pool].astype(np.int64)
+    n_val = np.bincount(np.asarray(labels)[val_index].astype(np.int64), minlength=int(lab.max(initial=0)) + 1)
+    order = np.argsort(lab, kind="stable")
+    sorted_lab = lab[order]
+    rank = np.empty(lab.size, dtype=np.int64)
+    rank[order] = np.arange(lab.size) - np.searchsorted(sorted_lab, sorted_lab, side="left")
+    is_val = rank < n_val[lab]
+    return pool[~is_val].astype(np.int64), pool[is_val].astype(np.int64)
+
+
 def load_cifar_tensors(
     data_dir: str | Path,
     device: torch.device,
@@ -237,11 +261,14 @@ def load_cifar_tensors(
     test_per_class: int,
     n_classes: int = 100,
     verify: bool = True,
+    validation_split: str = "last",
 ) -> CifarTensors:
     """Load a prepared CIFAR-100 artifact onto `device`, grouped by class (first images of each split).
 
     The artifact's split is 450 train + 50 validation images per class (the last 50 of each class in
-    file order are validation) and 100 test images per class. A class with fewer images than the
+    file order are validation) and 100 test images per class. ``validation_split="first"`` moves the
+    hold-out to the *first* images of each class in file order (as many per class as the artifact holds
+    out), as the reference code split it (`first_validation_split`). A class with fewer images than the
     problem asks for raises `DataError` naming the class and the key.
     """
     from lop.data.artifact import prepared_stand_in
@@ -249,11 +276,16 @@ def load_cifar_tensors(
 
     data_dir = Path(data_dir)
     a = load_cifar100(data_dir, verify=verify)
+    train_index, val_index = a["train_index"], a["val_index"]
+    if validation_split == "first":
+        train_index, val_index = first_validation_split(a["train_labels"], train_index, val_index)
+    elif validation_split != "last":
+        raise ValueError(f"validation_split must be 'last' or 'first', got {validation_split!r}")
     tr_idx = _by_class(
-        a["train_labels"], a["train_index"], train_per_class, n_classes, "train", "train_per_class", data_dir
+        a["train_labels"], train_index, train_per_class, n_classes, "train", "train_per_class", data_dir
     )
     va_idx = _by_class(
-        a["train_labels"], a["val_index"], val_per_class, n_classes, "validation", "val_per_class", data_dir
+        a["train_labels"], val_index, val_per_class, n_classes, "validation", "val_per_class", data_dir
     )
     te_all = np.arange(len(a["test_labels"]))
     te_idx = _by_class(

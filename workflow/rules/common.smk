@@ -14,10 +14,9 @@ from snakemake.utils import validate
 
 from lop.analysis.registry import load_registry
 from lop.errors import LopError
-from lop.limits import check_workflow_config
 from lop.params import expand_jobs, list_param_files, load_params, missing_files, skip_line
 from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint, job_pretrained as plan_pretrained, pretrained_problems
-from lop.workflow_config import check_config, config_flag
+from lop.workflow_config import check_pipeline_config, config_flag
 
 
 # The config: config/config.yaml (every key and its default) + --config/--configfile overrides, checked
@@ -28,8 +27,9 @@ configfile: "config/config.yaml"
 
 CONFIG_SCHEMA = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "schemas" / "config.schema.yaml"
 try:
-    check_config(config, CONFIG_SCHEMA)  # keys, types, allowed values (workflow/schemas)
-    check_workflow_config(config)  # safe experiment names and plain paths (lop.limits)
+    # the schema (keys, types, allowed values: workflow/schemas), then what it cannot express (lop.limits:
+    # plain paths, safe experiment names, a device that exists here)
+    check_pipeline_config(config, CONFIG_SCHEMA)
 except LopError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, "../schemas/config.schema.yaml")  # Snakemake's own check; fills in schema defaults
