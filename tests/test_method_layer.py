@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retrain": (SGD, {"retrain": True}),
     "extra": (SGD, {"extra": {"anything": 1}}),
     "l2_init": (SGD, {"l2_init": {"strength": 0.5}}),
+    "den": (ADAM, {"den": {"expand_units": 2, "phase_steps": 5}}),
 }
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "scr": (SCR, None),

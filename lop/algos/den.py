@@ -34,7 +34,8 @@ of the task, and the split check runs after every task t > 1.
 
 Per-run hyperparameters (l1, group lasso, λ, σ, τ, k, split_max, lr, capacity) are ``[S]`` tensors; the
 decisions (expand, split) are per-run masks, so a phase that only some runs need is a no-op for the
-others and a run's result does not depend on its batch. The step counts must agree across a batch.
+others and a run's result does not depend on its batch. The step counts and the resolved capacity (it
+sets the shapes of the random draws) must agree across a batch.
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ class DENLearner:
         self.phase_steps = dens[0].phase_steps or steps_per_task
         self.head_steps = dens[0].head_steps or max(1, self.phase_steps // 10)
         self.steps_per_epoch = max(1, steps_per_epoch)
-        capacity = torch.tensor([den_capacity(c, widths, n_tasks) for c in dens], dtype=torch.int64, device=dev)
+        caps = {den_capacity(c, widths, n_tasks) for c in dens}
+        if len(caps) > 1:
+            # the shapes of the random draws follow the capacity: runs of one batch must share it
+            raise ConfigError("den.capacity", f"runs of one batch resolve to different capacities {sorted(caps)}")
+        capacity = torch.tensor([caps.pop()] * streams.n, dtype=torch.int64, device=dev)
         self.net = DENNetwork(in_dim, widths, capacity, n_tasks, n_out, streams)
         self.adam = methods[0].optimizer == "adam"
         self.lr = per_run([m.lr for m in methods], dev)
@@ -170,8 +175,7 @@ class DENLearner:
         masks = self._raw_masks(w_masks, new, net.alive[-1], task, outputs, expand)
         if bool(expand.any()):
             loss = torch.where(expand, self._train(task, "expand", self.phase_steps, masks, sample, groups=new), loss)
-        dead = [n & (w == 0).all(2) for n, w in zip(new, net.weights, strict=True)]
-        net.remove_units(dead)
+        net.prune_empty(new)
         # 5. split units that drifted, then retrain what was born in this task
         _, copies = net.split_units(task, prev_w, prev_b, self.sigma, self.split_max)
         n_split = sum(c.sum(1) for c in copies)

@@ -171,6 +171,14 @@ class DENNetwork:
             else:
                 self.head_w = self.head_w.masked_fill(d[:, None, None, :], 0.0)
 
+    @torch.no_grad()
+    def prune_empty(self, candidates: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Remove the units among ``candidates[l]`` (bool ``[S, cap]``) whose fan-in is all zero (group
+        lasso zeroed it); returns the removed units per layer."""
+        dead = [c & (w == 0).all(2) for c, w in zip(candidates, self.weights, strict=True)]
+        self.remove_units(dead)
+        return dead
+
     # ---- selection ----------------------------------------------------------------------------------
     def select_subnetwork(self, task: int, outputs: torch.Tensor) -> list[torch.Tensor]:
         """Breadth-first search from head ``task`` down the non-zero weights: a unit of the last hidden
