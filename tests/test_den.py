@@ -257,7 +257,11 @@ def test_a_run_does_not_depend_on_its_batch():
     def cfg(thr: float) -> MethodConfig:
         return from_dict(
             MethodConfig,
-            {"optimizer": "adam", "lr": 1e-2, "den": {"phase_steps": 20, "head_steps": 4, "loss_threshold": thr}},
+            {
+                "optimizer": "adam",
+                "lr": 1e-2,
+                "den": {"phase_steps": 20, "head_steps": 4, "loss_threshold": thr},
+            },
         )
 
     alone = DENLearner(8, (6, 5), 4, 3, [cfg(0.0)], RunStreams([7], CPU), 20, 10)
@@ -340,4 +344,6 @@ def test_macro_auroc_is_one_for_perfect_scores_and_nan_without_positives():
     y = torch.tensor([[0, 1, 1, 0]])
     scores = torch.nn.functional.one_hot(y, 2).float()
     assert float(macro_auroc(scores, y)[0]) == 1.0
-    assert torch.isnan(macro_auroc(scores, torch.zeros(1, 4, dtype=torch.int64), torch.tensor([[False, True]])))[0]
+    assert torch.isnan(
+        macro_auroc(scores, torch.zeros(1, 4, dtype=torch.int64), torch.tensor([[False, True]]))
+    )[0]

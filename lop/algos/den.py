@@ -108,7 +108,9 @@ class DENLearner:
         caps = {den_capacity(c, widths, n_tasks) for c in dens}
         if len(caps) > 1:
             # the shapes of the random draws follow the capacity: runs of one batch must share it
-            raise ConfigError("den.capacity", f"runs of one batch resolve to different capacities {sorted(caps)}")
+            raise ConfigError(
+                "den.capacity", f"runs of one batch resolve to different capacities {sorted(caps)}"
+            )
         capacity = torch.tensor([caps.pop()] * streams.n, dtype=torch.int64, device=dev)
         self.net = DENNetwork(in_dim, widths, capacity, n_tasks, n_out, streams)
         self.adam = methods[0].optimizer == "adam"
@@ -145,7 +147,9 @@ class DENLearner:
         yes = torch.ones(s, dtype=torch.bool, device=dev)
         net.init_head(task, outputs)
         if task == 1:
-            masks = self._masks(net.alive, [net.input_mask(0), *net.alive[:-1]], net.alive[-1], task, outputs, yes)
+            masks = self._masks(
+                net.alive, [net.input_mask(0), *net.alive[:-1]], net.alive[-1], task, outputs, yes
+            )
             loss = self._train(task, "train", self.phase_steps, masks, sample)
             zero = torch.zeros(s, dtype=torch.int64, device=dev)
             return {"expanded": zero, "split_units": zero, "selected_units": zero, "train_loss": loss}
@@ -174,7 +178,9 @@ class DENLearner:
             w_masks.append(m)
         masks = self._raw_masks(w_masks, new, net.alive[-1], task, outputs, expand)
         if bool(expand.any()):
-            loss = torch.where(expand, self._train(task, "expand", self.phase_steps, masks, sample, groups=new), loss)
+            loss = torch.where(
+                expand, self._train(task, "expand", self.phase_steps, masks, sample, groups=new), loss
+            )
         net.prune_empty(new)
         # 5. split units that drifted, then retrain what was born in this task
         _, copies = net.split_units(task, prev_w, prev_b, self.sigma, self.split_max)
@@ -300,7 +306,12 @@ class DENLearner:
         return [*out, None, None]
 
     def _full_grad(
-        self, i: int, p: torch.Tensor, g: torch.Tensor, is_weight: bool, drift_masks: list[torch.Tensor | None]
+        self,
+        i: int,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        is_weight: bool,
+        drift_masks: list[torch.Tensor | None],
     ) -> torch.Tensor:
         """∇CE + wd·W (weights) + λ·(θ − θ^{t−1}) on the old entries."""
         if is_weight:

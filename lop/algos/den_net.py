@@ -64,7 +64,9 @@ class DENNetwork:
         for layer, width in enumerate(widths):
             w = torch.zeros(s, cap, n_prev, device=dev)
             bound = 1.0 / w_prev**0.5
-            w[:, :width, :w_prev] = streams.uniform(f"den/init/layer{layer}", 0, (width, w_prev), -bound, bound)
+            w[:, :width, :w_prev] = streams.uniform(
+                f"den/init/layer{layer}", 0, (width, w_prev), -bound, bound
+            )
             self.weights.append(w)
             self.biases.append(torch.zeros(s, cap, device=dev))
             live = (slots < width).unsqueeze(0).expand(s, -1).clone()
@@ -147,12 +149,16 @@ class DENNetwork:
             bound = 1.0 / self.alive[layer].sum(1).clamp(min=1).to(torch.float32).sqrt()
             if layer + 1 < self.n_layers:
                 nxt = self.weights[layer + 1]
-                draw = self.streams.uniform(f"den/expand_out/layer{layer}", task, nxt.shape[1:], -bound, bound)
+                draw = self.streams.uniform(
+                    f"den/expand_out/layer{layer}", task, nxt.shape[1:], -bound, bound
+                )
                 # fan-out into live units of the next layer that are not themselves new (theirs is drawn above)
                 fan_out = (self.alive[layer + 1] & ~new[layer + 1]).unsqueeze(2) & new[layer].unsqueeze(1)
                 self.weights[layer + 1] = torch.where(fan_out, draw, nxt)
             else:
-                draw = self.streams.uniform("den/expand_out/head", task, (self.n_out, self.cap[-1]), -bound, bound)
+                draw = self.streams.uniform(
+                    "den/expand_out/head", task, (self.n_out, self.cap[-1]), -bound, bound
+                )
                 fan_out = outputs.unsqueeze(2) & new[layer].unsqueeze(1)
                 self.head_w[:, task - 1] = torch.where(fan_out, draw, self.head_w[:, task - 1])
         return new

@@ -58,12 +58,25 @@ class DENTrainerMixin:
     unit_name = "task"
     state_attrs = ("learner", "matrix", "auroc")
 
-    def setup(self, data, net, runs: Sequence[RunSpec], streams, *, scenario: str, epochs_per_task: int,
-              batch_size: int, probe_examples: int, eval_batch: int, reset_optimizer: bool = False) -> None:
+    def setup(
+        self,
+        data,
+        net,
+        runs: Sequence[RunSpec],
+        streams,
+        *,
+        scenario: str,
+        epochs_per_task: int,
+        batch_size: int,
+        probe_examples: int,
+        eval_batch: int,
+        reset_optimizer: bool = False,
+    ) -> None:
         if scenario == "class":
             raise ConfigError(
-                "den", "DEN picks a head per task and needs the task identity at test time; "
-                "class-incremental learning (scenario: class) has none. Use scenario: task or domain"
+                "den",
+                "DEN picks a head per task and needs the task identity at test time; "
+                "class-incremental learning (scenario: class) has none. Use scenario: task or domain",
             )
         if any(r.config.joint for r in runs):
             raise ConfigError("joint", "DEN trains one task at a time; remove joint or den")
@@ -79,8 +92,15 @@ class DENTrainerMixin:
         n_batches = [-(-len(r) // batch_size) for r in data.train.rows]
         in_dim = data.train.x[0].numel()
         self.learner = DENLearner(
-            in_dim, [p.width] * p.depth, n_out, t, [r.config for r in runs], streams,
-            steps_per_task=epochs_per_task * max(n_batches), steps_per_epoch=max(n_batches), label_mask=mask,
+            in_dim,
+            [p.width] * p.depth,
+            n_out,
+            t,
+            [r.config for r in runs],
+            streams,
+            steps_per_task=epochs_per_task * max(n_batches),
+            steps_per_epoch=max(n_batches),
+            label_mask=mask,
         )
         self.matrix = torch.full((streams.n, t + 1, t), float("nan"), dtype=torch.float64, device=dev)
         self.auroc = torch.full((streams.n, t + 1, t), float("nan"), dtype=torch.float64, device=dev)
@@ -130,7 +150,9 @@ class DENTrainerMixin:
             blocks.append(self.metric(f"den_{name}", task, info[name].to(torch.float64)))
         for layer, n in enumerate(self.learner.net.live_units(), start=1):
             blocks.append(self.metric(f"live_units/layer{layer}", task, n.to(torch.float64)))
-        blocks.append(self.metric("params_in_use", task, self.learner.net.params_in_use(task).to(torch.float64)))
+        blocks.append(
+            self.metric("params_in_use", task, self.learner.net.params_in_use(task).to(torch.float64))
+        )
         blocks += self.evaluate(task)
         if task == self.n_units:
             blocks += self.summaries()
@@ -148,7 +170,9 @@ class DENTrainerMixin:
             logp = []
             ys = []
             for b0 in range(0, len(rows), self.eval_batch):
-                x, y = self.gather(test, r[:, b0 : b0 + self.eval_batch], torch.full_like(r[:, b0 : b0 + self.eval_batch], j))
+                x, y = self.gather(
+                    test, r[:, b0 : b0 + self.eval_batch], torch.full_like(r[:, b0 : b0 + self.eval_batch], j)
+                )
                 logp.append(self.learner.log_probs(j + 1, x, y))
                 ys.append(y)
             lp, y = torch.cat(logp, 1), torch.cat(ys, 1)
