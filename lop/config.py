@@ -247,6 +247,8 @@ class MethodConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # methods added through the method layer (lop.algos.methods): optional, omitted from to_dict while unset
     l2_init: L2InitConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # task-sequence experiments (lop.problems.cl_tasks): train on the union of the tasks so far (upper bound)
+    joint: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (
