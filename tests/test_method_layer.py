@@ -47,6 +47,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retrain": (SGD, {"retrain": True}),
     "extra": (SGD, {"extra": {"anything": 1}}),
     "l2_init": (SGD, {"l2_init": {"strength": 0.5}}),
+    "si": (ADAM, {"si": {"c": 0.5, "xi": 0.1}}),
+    "ewc": (ADAM, {"ewc": {"lam": 100.0, "fisher": "exact", "fisher_samples": 16}}),
+    "replay": (SGD, {"replay": {"buffer": 64, "policy": "reservoir", "batch": 8}}),
+    "lwf": (SGD, {"lwf": {"alpha": 1.0, "temperature": 2.0}}),
     "joint": (SGD, {"joint": True}),
 }
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {

@@ -33,6 +33,7 @@ After the last task the summaries of `lop.cl_metrics` (``acc``, ``bwt``, ``fwt``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -48,8 +49,6 @@ from lop.rng import RunStreams
 
 Scenario = Literal["task", "domain", "class"]
 SCENARIOS: tuple[str, ...] = ("task", "domain", "class")
-#: method keys that need task identity at test time and so have no meaning in class-incremental learning
-TASK_IL_ONLY: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -126,16 +125,16 @@ def holdout_split(x: np.ndarray, y: np.ndarray, every: int = 5) -> tuple[np.ndar
 
 
 def check_scenario(scenario: str, runs: Sequence[RunSpec]) -> None:
-    """Class-incremental learning with a method that needs task identity is an error."""
-    if scenario != "class":
-        return
+    """A method whose config lists the scenarios it works in (its ``SCENARIOS``) must list this one."""
     for r in runs:
-        for key in sorted(TASK_IL_ONLY):
-            if getattr(r.config, key, None) is not None:
+        for f in dataclasses.fields(r.config):
+            value = getattr(r.config, f.name)
+            allowed = getattr(value, "SCENARIOS", None)
+            if allowed is not None and scenario not in allowed:
                 raise ConfigError(
-                    f"methods.{r.method}.{key}",
-                    "is a task-incremental method and class-incremental learning (scenario: class) has no "
-                    "task identity at test time; use scenario: task or remove the method",
+                    f"methods.{r.method}.{f.name}",
+                    f"works in the {'/'.join(sorted(allowed))}-incremental scenario(s) only, and this run uses "
+                    f"scenario: {scenario}; change problem.scenario or remove the method",
                 )
 
 
