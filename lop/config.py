@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from lop.errors import ConfigError
 
@@ -228,6 +228,98 @@ class L2InitConfig:
         return check(self.strength >= 0, "strength", "must be >= 0")
 
 
+# The continual-learning scenarios a forgetting method's config accepts (its ``SCENARIOS``): a task-sequence
+# experiment rejects a method whose config does not list the experiment's scenario.
+ALL_SCENARIOS: frozenset[str] = frozenset({"task", "domain", "class"})
+
+
+@dataclass(frozen=True)
+class SIConfig:
+    """Synaptic Intelligence (Zenke, Poole & Ganguli 2017), as the authors' code: penalty
+    c·Σ Ω(θ − θ̃)² with Ω ← relu(Ω + ω / ((θ − θ̃)² + ξ)) at each task end (`lop.algos.synaptic_intelligence`)."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
+
+    c: float = 0.1
+    xi: float = 0.1
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.c >= 0, "c", "strength must be >= 0") + check(
+            self.xi > 0, "xi", "damping must be > 0 (it divides by (θ − θ̃)² + ξ)"
+        )
+
+
+@dataclass(frozen=True)
+class EWCConfig:
+    """Elastic weight consolidation (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018):
+    penalty (λ/2)·Σ_j F_j(θ − θ*_j)² (`lop.algos.ewc`). fisher: the Fisher estimator (exact over labels
+    weighted by p, sample y ~ p, empirical true y, pred argmax, batched = square of the mean gradient of
+    fisher_batch examples); fisher_samples: examples of the finished task used per run; online: one
+    anchor with F* ← γF* + F_t instead of one term per task; gamma: online only."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
+
+    lam: float = 100.0
+    fisher: Literal["exact", "sample", "empirical", "pred", "batched"] = "exact"
+    fisher_samples: int = 1000
+    fisher_batch: int = 128
+    online: bool = False
+    gamma: float = 1.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.lam >= 0, "lam", "strength λ must be >= 0")
+            + check(self.fisher_samples >= 1, "fisher_samples", "must be >= 1")
+            + check(self.fisher_batch >= 1, "fisher_batch", "must be >= 1")
+            + check(0.0 < self.gamma <= 1.0, "gamma", "must be within (0, 1]")
+            + check(
+                self.online or self.gamma == 1.0,
+                "gamma",
+                "is an online-EWC setting and separate EWC would ignore it; set online: true or remove it",
+            )
+            + check(
+                self.fisher == "batched" or self.fisher_batch == 128,
+                "fisher_batch",
+                "is the batch of the 'batched' Fisher estimator and would be ignored; set fisher: batched or remove it",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Experience replay (`lop.algos.replay`): a buffer of `buffer` examples per run filled by
+    `policy` (reservoir sampling or class-balanced), `batch` replayed examples appended to every step's
+    batch once the buffer holds examples."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
+
+    buffer: int = 1000
+    policy: Literal["reservoir", "class_balanced"] = "reservoir"
+    batch: int = 32
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.buffer >= 0, "buffer", "size must be >= 0") + check(
+            self.batch >= 1, "batch", "replayed examples per step must be >= 1"
+        )
+
+
+@dataclass(frozen=True)
+class LwFConfig:
+    """Learning without Forgetting (Li & Hoiem 2017), `lop.algos.lwf`: loss term
+    α·T²·KL(softmax(old/T) ‖ softmax(new/T)) over the past tasks' outputs of the model frozen at the
+    end of the previous task."""
+
+    SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
+
+    alpha: float = 1.0
+    temperature: float = 2.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        return check(self.alpha >= 0, "alpha", "must be >= 0") + check(
+            self.temperature > 0, "temperature", "must be > 0"
+        )
+
+
 @dataclass(frozen=True)
 class DENConfig:
     """Dynamically Expandable Networks (Yoon et al. 2018; docs/protocols/den.md); `lop.algos.den` documents
@@ -244,6 +336,9 @@ class DENConfig:
     retraining after a split (0 = phase_steps // 10). lr_decay: the step size is multiplied by it after
     every epoch of the task's data (restarting each phase).
     """
+
+    # DEN picks head t and the units of time t from the task label: no task identity, no DEN
+    SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task", "domain"})
 
     capacity: int | None = None
     expand_units: int = 10
@@ -292,6 +387,12 @@ class MethodConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # methods added through the method layer (lop.algos.methods): optional, omitted from to_dict while unset
     l2_init: L2InitConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    si: SIConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    ewc: EWCConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    replay: ReplayConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    lwf: LwFConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # task-sequence experiments (lop.problems.cl_tasks): train on the union of the tasks so far (upper bound)
+    joint: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
     # Dynamically Expandable Networks: replaces the experiment's learner (lop.algos.den); CL experiments only
     den: DENConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 

@@ -16,7 +16,17 @@ from lop.errors import ConfigError
 from lop.experiments.base import RunSpec, check_supported, experiments, get_experiment
 from lop.rng import RunStreams
 from lop.runner import run_group
-from tests.test_golden_metrics import CIFAR, DIGITS, IMAGENET, PPO, SCR, metrics_digest
+from tests.test_golden_metrics import (
+    CIFAR,
+    CL_CIFAR,
+    CL_PERMUTED,
+    CL_SPLIT,
+    DIGITS,
+    IMAGENET,
+    PPO,
+    SCR,
+    metrics_digest,
+)
 
 CPU = torch.device("cpu")
 SGD: dict[str, Any] = {"optimizer": "sgd", "lr": 0.01}
@@ -37,6 +47,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retrain": (SGD, {"retrain": True}),
     "extra": (SGD, {"extra": {"anything": 1}}),
     "l2_init": (SGD, {"l2_init": {"strength": 0.5}}),
+    "si": (ADAM, {"si": {"c": 0.5, "xi": 0.1}}),
+    "ewc": (ADAM, {"ewc": {"lam": 100.0, "fisher": "exact", "fisher_samples": 16}}),
+    "replay": (SGD, {"replay": {"buffer": 64, "policy": "reservoir", "batch": 8}}),
+    "lwf": (SGD, {"lwf": {"alpha": 1.0, "temperature": 2.0}}),
+    "joint": (SGD, {"joint": True}),
     "den": (ADAM, {"den": {"expand_units": 2, "phase_steps": 5}}),
 }
 PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
@@ -45,6 +60,9 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "continual_imagenet": (IMAGENET, "imagenet32"),
     "incremental_cifar": (CIFAR, "cifar100"),
     "ppo_ant": (PPO, None),
+    "cl_permuted_mnist": (CL_PERMUTED, None),
+    "cl_split_mnist": (CL_SPLIT, None),
+    "cl_split_cifar100": (CL_CIFAR, "cifar100"),
 }
 PPO_FAMILY = ("ppo_ant", "ppo_mujoco", "ppo_slippery_ant")
 

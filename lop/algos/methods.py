@@ -1,13 +1,22 @@
 """The built-in methods, each registered once with the method layer (`lop.algos.method_layer`).
 
 Registration order is the order in which hooks run at a point: Shrink & Perturb noise is added after
-the optimiser step and before continual backprop replaces units (the paper's order).
+the optimiser step and before continual backprop replaces units (the paper's order). Synaptic
+Intelligence is registered first: its ``edit_grads`` sees the gradient before any other penalty
+(L2-Init, EWC) is added, and its ``after_step`` reads the optimiser's update before noise or unit
+replacement changes the weights.
 
+* ``si``         Synaptic Intelligence (`lop.algos.synaptic_intelligence`): path-integral importance Ω,
+                 penalty c·Σ Ω(θ − θ̃)², consolidated at each task end;
 * ``noise_std``  Shrink & Perturb's perturbation (`lop.algos.perturb`); the shrink is weight decay;
 * ``cbp``        continual backpropagation (`lop.algos.cbp`), after every step with its activations;
 * ``redo``       ReDo (`lop.algos.redo`), at the learner's boundaries on probe activations;
 * ``l2_init``    L2-Init (Kumar, Marklund & Van Roy 2023): loss term λ‖θ − θ₀‖² towards the initial
-                 parameters θ₀, i.e. gradient + 2λ(θ − θ₀) before the optimiser step.
+                 parameters θ₀, i.e. gradient + 2λ(θ − θ₀) before the optimiser step;
+* ``ewc``        EWC and online EWC (`lop.algos.ewc`): penalty (λ/2)·Σ F(θ − θ*) with the Fisher of
+                 each finished task (`lop.algos.fisher`);
+* ``replay``     experience replay (`lop.algos.replay`): a per-run buffer mixed into every batch;
+* ``lwf``        Learning without Forgetting (`lop.algos.lwf`): distillation on the old outputs.
 """
 
 from __future__ import annotations
@@ -18,9 +27,13 @@ from typing import Any
 import torch
 
 from lop.algos.cbp import ContinualBackprop
+from lop.algos.ewc import EWC
+from lop.algos.lwf import LearningWithoutForgetting
 from lop.algos.method_layer import MethodContext, MethodEntry, MethodHook, any_set, register
 from lop.algos.perturb import GaussianPerturbation
 from lop.algos.redo import ReDo
+from lop.algos.replay import ExperienceReplay
+from lop.algos.synaptic_intelligence import SynapticIntelligence
 from lop.config import CBPConfig, L2InitConfig, ReDoConfig
 from lop.optim import per_run
 
@@ -99,6 +112,7 @@ class L2InitHook(MethodHook):
             d.copy_(s)
 
 
+register(MethodEntry("si", SynapticIntelligence.points, SynapticIntelligence, any_set))
 register(
     MethodEntry(
         "noise_std",
@@ -114,3 +128,6 @@ register(
 )
 register(MethodEntry("redo", ReDoHook.points, ReDoHook, any_set, resets_units=True, needs_units=True))
 register(MethodEntry("l2_init", L2InitHook.points, L2InitHook, any_set))
+register(MethodEntry("ewc", EWC.points, EWC, any_set))
+register(MethodEntry("replay", ExperienceReplay.points, ExperienceReplay, any_set))
+register(MethodEntry("lwf", LearningWithoutForgetting.points, LearningWithoutForgetting, any_set))

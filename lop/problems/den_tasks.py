@@ -36,6 +36,7 @@ from lop.algos.den import DENLearner
 from lop.errors import ConfigError
 from lop.experiments.base import MetricBlock, RunSpec, Trainer, flatten_tensors
 from lop.metrics import macro_auroc
+from lop.problems.cl_tasks import check_scenario
 from lop.problems.task_sequence import task_label_mask
 
 
@@ -72,12 +73,7 @@ class DENTrainerMixin:
         eval_batch: int,
         reset_optimizer: bool = False,
     ) -> None:
-        if scenario == "class":
-            raise ConfigError(
-                "den",
-                "DEN picks a head per task and needs the task identity at test time; "
-                "class-incremental learning (scenario: class) has none. Use scenario: task or domain",
-            )
+        check_scenario(scenario, runs)  # DENConfig.SCENARIOS: task, domain
         if any(r.config.joint for r in runs):
             raise ConfigError("joint", "DEN trains one task at a time; remove joint or den")
         p = self.p
