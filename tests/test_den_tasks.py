@@ -128,3 +128,38 @@ def test_den_is_rejected_without_task_identity_and_with_joint_training():
         trainer("cl_split_mnist", activation="tanh")
     with pytest.raises(ConfigError, match=r"den\.capacity"):
         trainer("cl_split_mnist", {**DEN, "den": {"capacity": 8}})
+
+
+@pytest.mark.slow
+def test_den_smoke_resumes_after_sigkill_bit_identically(tmp_path):
+    """The pipeline's job for `den` at smoke scale, killed after its first task and resumed, writes the
+    same metrics as an uninterrupted run."""
+    import pandas as pd
+    from conftest import run_lop
+
+    args = [
+        "run",
+        "--params",
+        "params/cl_split_mnist.yaml",
+        "--scale",
+        "smoke",
+        "--method",
+        "den",
+        "--setting-id",
+        "problem.scenario=task",
+        "--checkpoint-every",
+        "1",
+    ]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert run_lop(*args, "--out", str(full)).returncode == 0
+    r = run_lop(*args, "--out", str(killed), env={"LOP_CRASH_AFTER_UNIT": "1"})
+    assert r.returncode == -9, r.stderr
+    r = run_lop(*args, "--out", str(killed))
+    assert r.returncode == 0 and "resumed" in r.stderr, r.stderr
+    a = sorted(full.rglob("metrics.parquet"))
+    b = sorted(killed.rglob("metrics.parquet"))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        dx = pd.read_parquet(x)
+        pd.testing.assert_frame_equal(dx, pd.read_parquet(y), check_exact=True)
+        assert {"acc", "auroc", "params_in_use", "live_units/layer1"} <= set(dx["metric"])
