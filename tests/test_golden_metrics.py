@@ -129,6 +129,10 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
         "cl_split_mnist", {**CL_SPLIT, "scenario": "domain"}, {**CL_ADAM, "l2_init": {"strength": 1e-3}}, None
     ),
     "cl_split_cifar100/finetune": ("cl_split_cifar100", CL_CIFAR, CL_ADAM, "cifar100"),
+    "cl_split_digits/task_den": ("cl_split_mnist", CL_SPLIT, {**CL_ADAM, "weight_decay": 1e-4, "den": {}}, None),
+    "cl_permuted_digits/den": (
+        "cl_permuted_mnist", CL_PERMUTED, {**CL_ADAM, "weight_decay": 1e-4, "den": {"loss_threshold": 0.5}}, None
+    ),
 }
 
 
