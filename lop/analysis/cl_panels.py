@@ -15,6 +15,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from lop import cl_metrics
 from lop.analysis.registry import LineSpec, PanelSpec
@@ -58,7 +59,8 @@ def draw_matrix(ax: plt.Axes, rows: pd.DataFrame, panel: PanelSpec, line: LineSp
     top = 100.0 if panel.y.scale == 100 else 1.0
     t = mean.shape[1]
     im = ax.imshow(mean, vmin=0.0, vmax=top, cmap="viridis", aspect="auto", interpolation="nearest")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("test accuracy" + (" (%)" if top == 100 else ""), fontsize="x-small")
     if t <= ANNOTATE_UP_TO:
         for i in range(t + 1):
             for j in range(t):
@@ -70,7 +72,7 @@ def draw_matrix(ax: plt.Axes, rows: pd.DataFrame, panel: PanelSpec, line: LineSp
     ax.set_xticks(ticks, [str(j + 1) for j in ticks])
     yt = np.arange(t + 1) if t <= ANNOTATE_UP_TO else np.linspace(0, t, 5).round().astype(int)
     ax.set_yticks(yt, [str(i) for i in yt])
-    ax.set_title(f"{line.label} ({mats.shape[0]} seeds)")
+    ax.set_title(f"{line.label}: {t} tasks, {mats.shape[0]} seeds")
     return True
 
 
@@ -87,8 +89,9 @@ def draw_bars(
     if not np.isfinite(means).any():
         return False
     x = np.arange(len(labels))
-    ax.bar(x, np.nan_to_num(means), yerr=np.nan_to_num(errs), color=[colors[i % len(colors)] for i in x],
-           capsize=2, width=0.7)
+    if len(labels) > len(colors):  # one distinct colour per bar
+        colors = list(sns.color_palette("husl", len(labels)))
+    ax.bar(x, np.nan_to_num(means), yerr=np.nan_to_num(errs), color=[colors[i] for i in x], capsize=2, width=0.7)
     ax.axhline(0.0, color="0.3", linewidth=0.6)
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize="x-small")
     marked = False
@@ -100,5 +103,9 @@ def draw_bars(
         else:
             ax.axhline(ref.y, color="0.3", linestyle=":", linewidth=0.9)
     if marked:
-        ax.legend(fontsize="x-small", frameon=False)
+        ax.legend(fontsize="x-small", frameon=False, loc="best")
+    steps = [rows.loc[rows["metric"] == panel.metric, "step"].max() for _, rows in selections if not rows.empty]
+    seeds = [rows["seed"].nunique() for _, rows in selections if not rows.empty]
+    ax.set_title(f"{panel.title}\n{int(max(steps))} tasks, {min(seeds)}–{max(seeds)} seeds" if min(seeds) != max(seeds)
+                 else f"{panel.title}\n{int(max(steps))} tasks, {seeds[0]} seeds", fontsize="small")
     return True

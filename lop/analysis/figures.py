@@ -232,7 +232,6 @@ def _draw_cl_panel(
         ax.set_ylabel(panel.y.label)
     else:
         ok = draw_bars(ax, selections, panel, palette)
-        ax.set_title(panel.title)
         ax.set_ylabel(panel.y.label)
         if panel.y.lim is not None:
             ax.set_ylim(*panel.y.lim)
