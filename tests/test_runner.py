@@ -56,7 +56,7 @@ def test_same_seed_same_results_and_rerun_is_a_no_op(tmp_path):
     [
         ["run", "--params", "params/scr.yaml", "--scale", "smoke", "--method", "snp"],
         ["run", "--params", "params/permuted_mnist.yaml", "--scale", "smoke", "--method", "cbp"],
-        ["run", "--params", "params/cl_permuted_mnist.yaml", "--scale", "smoke", "--method", "cbp"],
+        ["run", "--params", "params/cl_permuted_mnist.yaml", "--scale", "smoke", "--method", "si"],
         [
             "run", "--params", "params/cl_split_mnist.yaml", "--scale", "smoke", "--method", "joint",
             "--setting-id", "problem.scenario=class",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lop.config import check, from_dict, to_dict
+from lop.config import OMIT_IF_DEFAULT, check, from_dict, to_dict
 from lop.errors import ConfigError
 from lop.limits import load_yaml
 
@@ -86,12 +86,18 @@ class PanelSpec:
     methods: tuple[str, ...] = ()  # with no `lines`: one line per setting of these methods (all if empty)
     relative_to: LineSpec | None = None  # divide by this line's value, paired by seed and x
     reference: tuple[ReferenceSpec, ...] = ()
+    # "lines": the metric over steps; "matrix": the mean accuracy matrix R[i, j] of the panel's one line
+    # (metric `test_accuracy/task_*`); "bars": the metric's last value per line (references with `line`
+    # are drawn as markers on that line's bar)
+    kind: Literal["lines", "matrix", "bars"] = field(default="lines", metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         labels = [ln.label for ln in self.lines]
         dup = sorted({lab for lab in labels if labels.count(lab) > 1})
-        return check(not dup, "lines", f"duplicate line label(s): {', '.join(dup)}") + check(
-            not (self.lines and self.methods), "methods", "give either `lines` or `methods`, not both"
+        return (
+            check(not dup, "lines", f"duplicate line label(s): {', '.join(dup)}")
+            + check(not (self.lines and self.methods), "methods", "give either `lines` or `methods`, not both")
+            + check(self.kind != "matrix" or len(self.lines) == 1, "lines", "a matrix panel shows exactly one line")
         )
 
     def matches(self, metric: str) -> bool:

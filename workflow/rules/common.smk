@@ -16,7 +16,7 @@ from lop.analysis.registry import load_registry
 from lop.errors import LopError
 from lop.limits import check_workflow_config
 from lop.params import expand_jobs, list_param_files, load_params
-from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint
+from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint, task_sequence_experiments
 from lop.workflow_config import check_config, config_flag
 
 
@@ -137,6 +137,16 @@ def comparison_files() -> list[str]:
     """Ours vs the paper: results/tables/<scale>/paper_comparison.{md,csv} (lop compare)."""
     base = RESULTS / "tables" / SCALE
     return [str(base / "paper_comparison.md"), str(base / "paper_comparison.csv")]
+
+
+CL_EXPERIMENTS = task_sequence_experiments(EXPERIMENTS)
+
+
+def cl_table_files() -> list[str]:
+    """Forgetting and plasticity side by side: results/tables/<scale>/cl_table.{md,csv} (lop cl-table), when
+    this scale has task-sequence experiments."""
+    base = RESULTS / "tables" / SCALE
+    return [str(base / "cl_table.md"), str(base / "cl_table.csv")] if CL_EXPERIMENTS else []
 
 
 def summary_files(experiment: str) -> list[str]:
