@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
             raise
     else:
         register_compare(sub)
+        from lop.analysis.cl_table import register as register_cl_table
+
+        register_cl_table(sub)
 
     for module in ("lop.data.commands", "lop.analysis.commands"):
         try:

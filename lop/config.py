@@ -443,6 +443,54 @@ class FCCorrectionConfig:
 
 
 @dataclass(frozen=True)
+class DENConfig:
+    """Dynamically Expandable Networks (Yoon et al. 2018; docs/protocols/den.md); `lop.algos.den` documents
+    each phase. Defaults are those of the public code.
+
+    capacity: the most units a hidden layer may hold (preallocated; null = the initial width plus the most
+    DEN can add over the run, (n_tasks − 1)·(expand_units + split_max)); it must be at least the initial
+    width. expand_units: k units added per hidden layer when the loss stays above ``loss_threshold``.
+    l1: soft-threshold per step on the trained weights (|w| ← max(|w| − l1, 0)); group_lasso: the same on
+    the L2 norm of each new unit's fan-in. drift_l2: λ of λ·½‖W − W^{t−1}‖² on the retrained old weights.
+    split_threshold: σ, the fan-in drift ‖Δw_i‖₂ above which a unit is duplicated (at most ``split_max``
+    per layer and task). phase_steps: optimiser steps of the selective-retraining and expansion phases
+    (0 = the experiment's steps per task); head_steps: steps of the new head's sparse training and of the
+    retraining after a split (0 = phase_steps // 10). lr_decay: the step size is multiplied by it after
+    every epoch of the task's data (restarting each phase).
+    """
+
+    # DEN picks head t and the units of time t from the task label: no task identity, no DEN
+    SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task", "domain"})
+
+    capacity: int | None = None
+    expand_units: int = 10
+    loss_threshold: float = 0.01
+    l1: float = 1e-5
+    group_lasso: float = 1e-3
+    drift_l2: float = 0.5
+    split_threshold: float = 0.05
+    split_max: int = 10
+    phase_steps: int = 0
+    head_steps: int = 0
+    lr_decay: float = 0.95
+
+    def validate(self) -> list[tuple[str, str]]:
+        return (
+            check(self.capacity is None or self.capacity > 0, "capacity", "must be > 0 (null = automatic)")
+            + check(self.expand_units > 0, "expand_units", "must be > 0 (k units added per expansion)")
+            + check(self.loss_threshold >= 0, "loss_threshold", "must be >= 0")
+            + check(self.l1 >= 0, "l1", "must be >= 0")
+            + check(self.group_lasso >= 0, "group_lasso", "must be >= 0")
+            + check(self.drift_l2 >= 0, "drift_l2", "must be >= 0")
+            + check(self.split_threshold >= 0, "split_threshold", "must be >= 0")
+            + check(self.split_max >= 0, "split_max", "must be >= 0 (0 = never split)")
+            + check(self.phase_steps >= 0, "phase_steps", "must be >= 0 (0 = the experiment's steps per task)")
+            + check(self.head_steps >= 0, "head_steps", "must be >= 0 (0 = phase_steps // 10)")
+            + check(0.0 < self.lr_decay <= 1.0, "lr_decay", "must be within (0, 1]")
+        )
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """One learning method: optimiser + regularisers + plasticity mechanisms, composable."""
 
@@ -471,6 +519,10 @@ class MethodConfig:
     sampler: SamplerConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
     distill: DistillConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
     fc_correction: FCCorrectionConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    # task-sequence experiments (lop.problems.cl_tasks): train on the union of the tasks so far (upper bound)
+    joint: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
+    # Dynamically Expandable Networks: replaces the experiment's learner (lop.algos.den); CL experiments only
+    den: DENConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         return (

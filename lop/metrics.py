@@ -41,6 +41,7 @@ __all__ = [
     "dormant_units",
     "effective_rank",
     "effective_rank_from_sv",
+    "macro_auroc",
     "rank_metrics",
     "redo_dormant_fraction",
     "redo_dormant_mask",
@@ -314,3 +315,27 @@ def weight_change(
     if reduction == "mean":
         return total / sum(t[0].numel() for t in before)
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def macro_auroc(scores: torch.Tensor, y: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Macro one-vs-rest AUROC ``[S]`` (float64): the mean over classes c of AUROC(score_c, y = c).
+
+    ``scores`` ``[S, B, C]`` (e.g. class probabilities), ``y`` ``[S, B]``; ``classes`` bool ``[S, C]``
+    restricts the mean to those classes (a task's classes). Per class, with average ranks r of the scores
+    (ties share their mean rank), AUROC = (Σ_{y=c} r − n₊(n₊+1)/2) / (n₊ n₋), the Mann–Whitney statistic,
+    i.e. P(score of a positive > score of a negative) + ½ P(tie). Classes without positives or negatives
+    are left out; a run with no such class gets NaN.
+    """
+    s = scores.to(torch.float64).transpose(1, 2).contiguous()  # [S, C, B]
+    srt = s.sort(dim=2).values
+    lo = torch.searchsorted(srt, s, right=False)
+    hi = torch.searchsorted(srt, s, right=True)
+    rank = (lo + hi + 1).to(torch.float64) / 2  # average 1-based rank
+    pos = y.unsqueeze(1) == torch.arange(s.shape[1], device=y.device).view(1, -1, 1)  # [S, C, B]
+    n_pos = pos.sum(2).to(torch.float64)
+    n_neg = s.shape[2] - n_pos
+    auc = ((rank * pos).sum(2) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    ok = (n_pos > 0) & (n_neg > 0)
+    if classes is not None:
+        ok &= classes
+    return torch.where(ok, auc, 0.0).sum(1) / ok.sum(1)

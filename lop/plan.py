@@ -100,3 +100,17 @@ def job_fingerprint(params: Any, scale: str, job: Any) -> str:
         for s in job_settings(params, scale, job)
     }
     return json.dumps(desc, sort_keys=True, default=str)
+
+
+def task_sequence_experiments(names: list[str]) -> list[str]:
+    """The experiments among ``names`` whose trainer is a task sequence (`lop.problems.cl_tasks`): the
+    inputs of the forgetting-and-plasticity table (`lop.analysis.cl_table`)."""
+    from lop.experiments.base import get_experiment
+    from lop.problems.cl_tasks import TaskSequenceTrainer
+
+    out = []
+    for name in names:
+        build = get_experiment(name).build
+        if isinstance(build, type) and issubclass(build, TaskSequenceTrainer):
+            out.append(name)
+    return out

@@ -69,6 +69,27 @@ PPO = {
     "internals_every": 1,
     "probe_steps": 64,
 }
+CL_PERMUTED = {
+    "dataset": "digits",
+    "n_train": 300,
+    "n_test": 100,
+    "n_tasks": 3,
+    "width": 32,
+    "epochs_per_task": 2,
+    "batch_size": 50,
+    "probe_examples": 50,
+}
+CL_SPLIT = {"dataset": "digits", "n_tasks": 3, "width": 32, "epochs_per_task": 2, "batch_size": 32, "probe_examples": 50}
+CL_CIFAR = {
+    "n_tasks": 2,
+    "classes_per_task": 3,
+    "train_per_class": 10,
+    "test_per_class": 5,
+    "epochs_per_task": 2,
+    "batch_size": 10,
+    "probe_examples": 10,
+}
+CL_ADAM = {"optimizer": "adam", "lr": 1e-3}
 CONV_SGD = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9}
 CIFAR_SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 CONTRIB = {"replacement_rate": 0.01, "maturity": 2, "utility": "contribution"}
@@ -128,6 +149,18 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     "ppo_slippery_ant/standard": ("ppo_slippery_ant", {**PPO, "change_every": 128}, ADAM, None),
     "moe_cifar/moe_ddas": ("moe_cifar", MOE, MOE_DDAS, "cifar100"),
     "moe_cifar/full_finetune": ("moe_cifar", MOE, {**MOE_ADAM, "moe_adapters": {"mode": "full_finetune"}}, "cifar100"),
+    "cl_permuted_digits/finetune": ("cl_permuted_mnist", CL_PERMUTED, CL_ADAM, None),
+    "cl_permuted_digits/cbp": ("cl_permuted_mnist", CL_PERMUTED, {**CL_ADAM, "cbp": CONTRIB}, None),
+    "cl_split_digits/task_joint": ("cl_split_mnist", CL_SPLIT, {**CL_ADAM, "joint": True}, None),
+    "cl_split_digits/class_finetune": ("cl_split_mnist", {**CL_SPLIT, "scenario": "class"}, CL_ADAM, None),
+    "cl_split_digits/domain_l2_init": (
+        "cl_split_mnist", {**CL_SPLIT, "scenario": "domain"}, {**CL_ADAM, "l2_init": {"strength": 1e-3}}, None
+    ),
+    "cl_split_cifar100/finetune": ("cl_split_cifar100", CL_CIFAR, CL_ADAM, "cifar100"),
+    "cl_split_digits/task_den": ("cl_split_mnist", CL_SPLIT, {**CL_ADAM, "weight_decay": 1e-4, "den": {}}, None),
+    "cl_permuted_digits/den": (
+        "cl_permuted_mnist", CL_PERMUTED, {**CL_ADAM, "weight_decay": 1e-4, "den": {"loss_threshold": 0.5}}, None
+    ),
 }
 
 

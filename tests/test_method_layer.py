@@ -16,7 +16,17 @@ from lop.errors import ConfigError
 from lop.experiments.base import RunSpec, check_supported, experiments, get_experiment
 from lop.rng import RunStreams
 from lop.runner import run_group
-from tests.test_golden_metrics import CIFAR, DIGITS, IMAGENET, PPO, SCR, metrics_digest
+from tests.test_golden_metrics import (
+    CIFAR,
+    CL_CIFAR,
+    CL_PERMUTED,
+    CL_SPLIT,
+    DIGITS,
+    IMAGENET,
+    PPO,
+    SCR,
+    metrics_digest,
+)
 
 CPU = torch.device("cpu")
 SGD: dict[str, Any] = {"optimizer": "sgd", "lr": 0.01}
@@ -45,6 +55,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "sampler": (SGD, {"sampler": {"kind": "fifo"}}),
     "distill": (SGD, {"distill": {"loss": "kl"}}),
     "fc_correction": (SGD, {"fc_correction": {"kind": "wa"}}),
+    "joint": (SGD, {"joint": True}),
+    "den": (ADAM, {"den": {"expand_units": 2, "phase_steps": 5}}),
 }
 # the CLIP experiments' smoke problem: the tiny random CLIP on the stand-in CIFAR-100
 MOE = {
@@ -72,6 +84,9 @@ PROBLEMS: dict[str, tuple[dict[str, Any], str | None]] = {
     "ppo_ant": (PPO, None),
     "moe_cifar": (MOE, "cifar100"),
     "budgeted_cl": (BUDGETED, None),
+    "cl_permuted_mnist": (CL_PERMUTED, None),
+    "cl_split_mnist": (CL_SPLIT, None),
+    "cl_split_cifar100": (CL_CIFAR, "cifar100"),
 }
 PPO_FAMILY = ("ppo_ant", "ppo_mujoco", "ppo_slippery_ant")
 

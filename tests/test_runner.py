@@ -67,6 +67,11 @@ def test_same_seed_same_results_and_rerun_is_a_no_op(tmp_path):
     [
         ["run", "--params", "params/scr.yaml", "--scale", "smoke", "--method", "snp"],
         ["run", "--params", "params/permuted_mnist.yaml", "--scale", "smoke", "--method", "cbp"],
+        ["run", "--params", "params/cl_permuted_mnist.yaml", "--scale", "smoke", "--method", "si"],
+        [
+            "run", "--params", "params/cl_split_mnist.yaml", "--scale", "smoke", "--method", "joint",
+            "--setting-id", "problem.scenario=class",
+        ],
     ],
 )
 def test_resume_after_sigkill_is_bit_identical(tmp_path, params):
@@ -80,7 +85,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, params):
     assert r.returncode == 0 and "resumed" in r.stderr
     ma, mb = _metrics(full), _metrics(killed)
     assert ma.keys() == mb.keys() and ma
-    stand_in = "permuted_mnist" in params[2]  # its smoke scale trains on the embedded 8x8 digits
+    stand_in = "mnist" in params[2]  # their smoke scales train on the embedded 8x8 digits
     run_jsons = [*full.rglob("run.json"), *killed.rglob("run.json")]
     assert {json.loads(p.read_text())["stand_in"] for p in run_jsons} == {stand_in}
     for k in ma:

@@ -172,6 +172,9 @@ def draw_figure(
     warnings_out: list[str] = []
     for i, panel in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
+        if panel.kind != "lines":
+            warnings_out += _draw_cl_panel(ax, table, panel, scale, palette, f"{figure_id}.panels[{i}]")
+            continue
         lines, missing = panel_lines(table, panel, spec.band, scale, where=f"{figure_id}.panels[{i}]")
         warnings_out += missing
         for line in lines:
@@ -226,6 +229,33 @@ def draw_figure(
     for i, panel in enumerate(panels):  # after the layout: label positions depend on the final axes size
         _label_references(axes[i // ncols][i % ncols], panel, colors)
     return fig, warnings_out
+
+
+def _draw_cl_panel(
+    ax: plt.Axes, table: pd.DataFrame, panel: PanelSpec, scale: str, palette: list, where: str
+) -> list[str]:
+    """A ``matrix`` or ``bars`` panel (`lop.analysis.cl_panels`); returns warnings for missing lines."""
+    from lop.analysis.cl_panels import draw_bars, draw_matrix
+
+    specs = list(panel.lines) or [
+        LineSpec(label=str(m), method=str(m)) for m in (panel.methods or sorted(table["method"].unique()))
+    ]
+    selections = [(spec, select_runs(table, spec, where)) for spec in specs]
+    missing = [f"{where}: no data for line {s.label!r} (method {s.method}) at {scale} scale"
+               for s, rows in selections if rows.empty]
+    if panel.kind == "matrix":
+        ok = draw_matrix(ax, selections[0][1], panel, specs[0])
+        ax.set_xlabel(panel.x.label)
+        ax.set_ylabel(panel.y.label)
+    else:
+        ok = draw_bars(ax, selections, panel, palette)
+        ax.set_ylabel(panel.y.label)
+        if panel.y.lim is not None:
+            ax.set_ylim(*panel.y.lim)
+    if not ok:
+        ax.set_title(panel.title)
+        ax.text(0.5, 0.5, f"no data at {scale} scale", ha="center", va="center", transform=ax.transAxes)
+    return missing
 
 
 def _draw_reference_lines(ax: plt.Axes, panel: PanelSpec, scale: str, colors: dict[str, object]) -> None:

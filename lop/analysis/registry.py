@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lop.config import check, from_dict, to_dict
+from lop.config import OMIT_IF_DEFAULT, check, from_dict, to_dict
 from lop.errors import ConfigError
 from lop.limits import load_yaml
 
@@ -93,6 +93,10 @@ class PanelSpec:
     reference: tuple[ReferenceSpec, ...] = ()
     titles: dict[str, str] = field(default_factory=dict)  # per-scale title (the scale's real numbers)
     scales: tuple[str, ...] = ()  # drawn only at these scales (empty: every scale)
+    # "lines": the metric over steps; "matrix": the mean accuracy matrix R[i, j] of the panel's one line
+    # (metric `test_accuracy/task_*`); "bars": the metric's last value per line (references with `line`
+    # are drawn as markers on that line's bar)
+    kind: Literal["lines", "matrix", "bars"] = field(default="lines", metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         scales = {s for ln in self.lines for s in ln.scales} or {""}
@@ -101,8 +105,10 @@ class PanelSpec:
             labels = [ln.label for ln in self.lines if not scale or ln.at(scale)]
             dup += [lab for lab in labels if labels.count(lab) > 1 and lab not in dup]
         dup = sorted(set(dup))
-        return check(not dup, "lines", f"duplicate line label(s): {', '.join(dup)}") + check(
-            not (self.lines and self.methods), "methods", "give either `lines` or `methods`, not both"
+        return (
+            check(not dup, "lines", f"duplicate line label(s): {', '.join(dup)}")
+            + check(not (self.lines and self.methods), "methods", "give either `lines` or `methods`, not both")
+            + check(self.kind != "matrix" or len(self.lines) == 1, "lines", "a matrix panel shows exactly one line")
         )
 
     def matches(self, metric: str) -> bool:

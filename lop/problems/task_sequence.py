@@ -9,8 +9,9 @@
   class-incremental learning uses the classes seen so far (``n_logits``); domain-incremental learning
   uses a shared head and no mask. The mask is taken from the labels *after* the data hook, so replayed
   examples of an old task keep their own task's outputs.
-* the method layer's ``loss_terms`` point (distillation terms added to the loss before backward) and
-  ``end_task`` point (`lop.algos.method_layer.TaskEnd`), which the experiment calls after each task.
+* the method layer's ``loss_terms`` point (distillation terms added to the loss before backward),
+  ``end_task`` point (`lop.algos.method_layer.TaskEnd`), which the experiment calls after each task,
+  and ``at_boundary`` point (ReDo), which the experiment calls after each task with a probe batch.
 
 The loss of one run is the mean cross-entropy over its batch, L_s = −(1/B) Σ_b log p_s(y_b | x_b),
 plus the hooks' loss terms; the returned loss and accuracy are those of the data term only.
@@ -68,7 +69,7 @@ def masked_log_probs(
 class TaskSequenceLearner(MinibatchLearner):
     """A `MinibatchLearner` for task sequences: scenario masks, loss terms and end-of-task hooks."""
 
-    HOOK_POINTS = MinibatchLearner.HOOK_POINTS | frozenset({"loss_terms", "end_task"})
+    HOOK_POINTS = MinibatchLearner.HOOK_POINTS | frozenset({"loss_terms", "end_task", "at_boundary"})
 
     def __init__(
         self,
@@ -128,3 +129,8 @@ class TaskSequenceLearner(MinibatchLearner):
             params=self.params,
         )
         return self.methods.end_task(task, ctx)
+
+    def at_boundary(self, counter: int, probe: Callable[[], list[torch.Tensor]]) -> dict[str, Any]:
+        """Call the method layer's ``at_boundary`` point (``counter`` = tasks trained; ``probe()`` returns
+        the hidden activations ``[S, B, units, ...]`` of `cbp_layers` on probe data)."""
+        return self.methods.at_boundary(counter, probe)

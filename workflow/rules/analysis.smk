@@ -80,6 +80,30 @@ rule paper_comparison:
         "--md {output.md} --csv {output.csv} > {log} 2>&1"
 
 
+if CL_EXPERIMENTS:
+
+    rule cl_table:
+        """Forgetting and plasticity metrics side by side for every task-sequence experiment (docs/pipeline.md)."""
+        input:
+            agg=[aggregate_file(exp) for exp in CL_EXPERIMENTS],
+        output:
+            md=report(
+                cl_table_files()[0],
+                caption="../report/cl_table.rst",
+                category="Ours vs the paper",
+                labels={"table": "cl_table", "scale": SCALE},
+            ),
+            csv=cl_table_files()[1],
+        params:
+            scale=SCALE,
+        log:
+            str(LOGS / "tables" / SCALE / "cl_table.log"),
+        conda:
+            "../envs/lop.yaml"
+        shell:
+            "lop cl-table --agg {input.agg} --scale {params.scale} --md {output.md} --csv {output.csv} > {log} 2>&1"
+
+
 for _exp in EXPERIMENTS:
 
     rule:

@@ -15,7 +15,13 @@ from snakemake.utils import validate
 from lop.analysis.registry import load_registry
 from lop.errors import LopError
 from lop.params import expand_jobs, list_param_files, load_params, missing_files, skip_line
-from lop.plan import job_data_dirs, job_fingerprint as plan_fingerprint, job_pretrained as plan_pretrained, pretrained_problems
+from lop.plan import (
+    job_data_dirs,
+    job_fingerprint as plan_fingerprint,
+    job_pretrained as plan_pretrained,
+    pretrained_problems,
+    task_sequence_experiments,
+)
 from lop.workflow_config import check_pipeline_config, config_flag
 
 
@@ -169,6 +175,16 @@ def extra_tables(experiment: str) -> list[str]:
         return []
     base = RESULTS / "tables" / SCALE
     return [str(base / f"{experiment}.md"), str(base / f"{experiment}.csv")]
+
+
+CL_EXPERIMENTS = task_sequence_experiments(EXPERIMENTS)
+
+
+def cl_table_files() -> list[str]:
+    """Forgetting and plasticity side by side: results/tables/<scale>/cl_table.{md,csv} (lop cl-table), when
+    this scale has task-sequence experiments."""
+    base = RESULTS / "tables" / SCALE
+    return [str(base / "cl_table.md"), str(base / "cl_table.csv")] if CL_EXPERIMENTS else []
 
 
 def summary_files(experiment: str) -> list[str]:
