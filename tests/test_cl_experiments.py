@@ -122,3 +122,13 @@ def test_bad_scenario_settings_stop_with_one_error(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"methods\.joint\.joint: not supported by experiment permuted_mnist"):
         load_params(params)
+
+
+def test_a_method_that_does_not_list_the_scenario_is_rejected(monkeypatch):
+    from lop.config import SIConfig
+
+    monkeypatch.setattr(SIConfig, "SCENARIOS", frozenset({"task"}))
+    si = {**ADAM, "si": {"c": 0.1, "xi": 0.1}}
+    _trainer("cl_split_mnist", {**CL_SPLIT, "scenario": "task"}, si)  # listed: fine
+    with pytest.raises(ConfigError, match=r"methods\.m\.si: .*scenario: class"):
+        _trainer("cl_split_mnist", {**CL_SPLIT, "scenario": "class"}, si)
