@@ -495,6 +495,8 @@ def test_shape_settings_must_agree_within_a_batch() -> None:
     configs = [cfg(replay={"buffer": 10}), cfg(replay={"buffer": 20})]
     with pytest.raises(ConfigError, match=r"replay\.buffer"):
         make_learner([0, 1], configs)
+    with pytest.raises(ConfigError, match=r"replay\.buffer: class_balanced needs at least one slot per class"):
+        make_learner([0], [cfg(replay={"buffer": 3, "policy": "class_balanced"})])  # 4 outputs
     configs = [cfg(ewc={"fisher_samples": 10}), cfg(ewc={"fisher_samples": 20})]
     with pytest.raises(ConfigError, match=r"ewc\.fisher_samples"):
         make_learner([0, 1], configs)

@@ -69,6 +69,11 @@ class ExperienceReplay(MethodHook):
             if out is None or out.dim() != 2:
                 raise ConfigError("replay.policy", "class_balanced needs a network whose last tensor is the output bias [S, C]")
             self.n_classes = int(out.shape[-1])
+            if 0 < self.capacity < self.n_classes:
+                raise ConfigError(
+                    "replay.buffer",
+                    f"class_balanced needs at least one slot per class ({self.n_classes} outputs), got {self.capacity}",
+                )
         self.quota = self.capacity // self.n_classes  # slots per class (class_balanced)
         self.x: torch.Tensor | None = None  # allocated on the first batch: [S, M, ...]
         self.y = torch.zeros(ctx.streams.n, self.capacity, dtype=torch.int64, device=self.device)
