@@ -44,6 +44,20 @@ PAPER_PROBLEM: dict[str, dict[str, Any]] = {
     },
     # the small-scale protocol of docs/protocols/budgeted_cl.md: CIFAR-100 halves, 10 steps, 1x ≈ 2 passes
     "budgeted_cl": {"dataset": "cifar100", "n_classes": 100, "n_steps": 10, "iterations": 35, "batch_size": 128},
+    # the task-sequence benchmarks: the Synaptic Intelligence authors' protocols (docs/protocols/cl_*.md)
+    "cl_permuted_mnist": {
+        "dataset": "mnist", "n_tasks": 10, "width": 2000, "depth": 2, "scenario": "domain",
+        "epochs_per_task": 20, "batch_size": 256, "reset_optimizer": False,
+    },
+    "cl_split_mnist": {
+        "dataset": "mnist", "n_tasks": 5, "classes_per_task": 2, "width": 256, "depth": 2,
+        "epochs_per_task": 10, "batch_size": 64, "reset_optimizer": True,
+    },
+    "cl_split_cifar100": {
+        "n_tasks": 10, "classes_per_task": 10, "epochs_per_task": 60, "batch_size": 256, "reset_optimizer": True,
+    },
+    # the long stream is this project's extension: Zenke's permuted-MNIST network over 100 tasks
+    "cl_long_stream": {"dataset": "mnist", "n_tasks": 100, "width": 2000, "depth": 2, "scenario": "domain"},
 }
 # experiments whose reference CBP kept the optimiser state of replaced units (SGD momentum; PPO's Adam)
 KEEPS_OPTIMIZER_STATE = {"continual_imagenet", "incremental_cifar", "ppo_slippery_ant", "ppo_ant", "ppo_mujoco"}
@@ -73,4 +87,7 @@ def test_paper_scale_follows_the_reference(name: str) -> None:
         assert {s.config.cbp.count for s in params.settings["paper"]["cbp"]} == {"all"}
     if params.experiment == "incremental_cifar":  # the reference's ResNet-18 utility (never-decayed sum)
         assert {s.config.cbp.utility for s in params.settings["paper"]["cbp"]} == {"reference_sum"}
+    if params.experiment == "cl_permuted_mnist":  # SI as published: c = 0.1, ξ = 0.1, Adam 1e-3
+        si = [s.config for s in params.settings["paper"]["si"]]
+        assert {(c.si.c, c.si.xi, c.optimizer, c.lr) for c in si} == {(0.1, 0.1, "adam", 1e-3)}
     assert want  # every experiment has reference options of its own

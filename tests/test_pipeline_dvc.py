@@ -237,7 +237,8 @@ def test_params_metrics_and_plots_are_declared(dvc_file):
     """Issue #10: every params file is a `params:` dependency; metrics JSON and plot CSVs are declared."""
     pipeline = yaml.safe_load((ROOT / dvc_file).read_text())
     stages = pipeline["stages"]
-    for e in _params_experiments(ROOT, "demo" if dvc_file == "dvc.yaml" else "paper"):
+    exps = _params_experiments(ROOT, "demo" if dvc_file == "dvc.yaml" else "paper")
+    for e in exps:
         assert {f"params/{e}.yaml": None} in stages[f"train_{e}"]["params"]
         assert {f"results/metrics/${{scale}}/{e}.json": {"cache": False}} in stages["figures"]["metrics"]
     assert {"params/figures.yaml": None} in stages["figures"]["params"]
@@ -247,7 +248,8 @@ def test_params_metrics_and_plots_are_declared(dvc_file):
         plotted |= set(spec.get("y", {name: None}))
         assert spec["x"] == "x"
     registry = yaml.safe_load((ROOT / "params" / "figures.yaml").read_text())["figures"]
-    assert {Path(p).stem for p in plotted} == set(registry)
+    # figures of experiments that run through Snakemake only (their scale needs user-provided files) have no plot
+    assert {Path(p).stem for p in plotted} == {n for n, fig in registry.items() if fig["experiment"] in exps}
 
 
 @pytest.mark.pipeline
