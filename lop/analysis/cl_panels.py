@@ -103,7 +103,8 @@ def draw_bars(
         else:
             ax.axhline(ref.y, color="0.3", linestyle=":", linewidth=0.9)
     if marked:
-        ax.legend(fontsize="x-small", frameon=False, loc="best")
+        # above the axes' right corner: inside, it would cover a bar
+        ax.legend(fontsize="x-small", frameon=False, loc="lower right", bbox_to_anchor=(1.0, 1.0), borderaxespad=0.1)
     steps = [rows.loc[rows["metric"] == panel.metric, "step"].max() for _, rows in selections if not rows.empty]
     seeds = [rows["seed"].nunique() for _, rows in selections if not rows.empty]
     ax.set_title(f"{panel.title}\n{int(max(steps))} tasks, {min(seeds)}–{max(seeds)} seeds" if min(seeds) != max(seeds)

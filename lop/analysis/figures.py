@@ -227,7 +227,8 @@ def draw_figure(
         fig.text(0.995, 0.005, label, ha="right", va="bottom", fontsize="small", color="#b00000", alpha=0.85)
     fig.tight_layout(rect=(0, 0.03, 1, 1))  # the layout leaves room for the suptitle itself
     for i, panel in enumerate(panels):  # after the layout: label positions depend on the final axes size
-        _label_references(axes[i // ncols][i % ncols], panel, colors)
+        if panel.kind == "lines":  # bar panels mark the paper's values on their bars, with a legend entry
+            _label_references(axes[i // ncols][i % ncols], panel, colors)
     return fig, warnings_out
 
 
