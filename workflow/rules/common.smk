@@ -20,6 +20,7 @@ from lop.plan import (
     job_fingerprint as plan_fingerprint,
     job_pretrained as plan_pretrained,
     pretrained_problems,
+    problem_data_dirs,
     task_sequence_experiments,
 )
 from lop.workflow_config import check_pipeline_config, config_flag
@@ -127,7 +128,8 @@ def job_pretrained(experiment: str, job) -> list[str]:
 
 
 def _pretrained():
-    """checkpoint path -> (params file, pretraining fingerprint) over the scheduled experiments."""
+    """checkpoint path -> (params file, pretraining fingerprint, prepared-data folders it reads) over the
+    scheduled experiments."""
     from lop.experiments.budgeted_cl import pretrain_fingerprint
 
     out = {}
@@ -135,7 +137,7 @@ def _pretrained():
         for exp in EXPERIMENTS:
             path, p = PARAMS[exp]
             for ckpt, problem in pretrained_problems(p, SCALE).items():
-                out[ckpt] = (str(path), pretrain_fingerprint(problem))
+                out[ckpt] = (str(path), pretrain_fingerprint(problem), problem_data_dirs(problem))
     except LopError as e:
         raise WorkflowError(f"invalid configuration: {e}") from None
     return out

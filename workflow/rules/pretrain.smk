@@ -4,11 +4,13 @@
 # retrains it; the DVC train stage of the experiment caches it as an output.
 
 if not FROM_CACHE:
-    for _ckpt, (_params, _fp) in PRETRAINED.items():
+    for _ckpt, (_params, _fp, _data) in PRETRAINED.items():
 
         rule:
             name:
                 rule_name("pretrain", _ckpt)
+            input:
+                _data,  # the prepared data (e.g. the CIFAR-100 stand-in) is made first
             output:
                 _ckpt,
             params:
