@@ -19,6 +19,7 @@ import seaborn as sns
 
 from lop import cl_metrics
 from lop.analysis.registry import LineSpec, PanelSpec
+from lop.analysis.stats import finite_mean_se as mean_se
 
 ANNOTATE_UP_TO = 12  # write the values into the cells of matrices with at most this many tasks
 
@@ -39,14 +40,6 @@ def last_values(rows: pd.DataFrame, metric: str) -> np.ndarray:
     """The metric's value at its last step, one per run (setting, seed)."""
     sel = rows[rows["metric"] == metric].sort_values("step", kind="stable")
     return sel.groupby(["setting_id", "seed"], sort=True)["value"].last().to_numpy(dtype=float)
-
-
-def mean_se(values: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error (ddof = 1; 0 for one value) of the finite values."""
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
 
 
 def draw_matrix(ax: plt.Axes, rows: pd.DataFrame, panel: PanelSpec, line: LineSpec) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lop import cl_metrics
-from lop.analysis.cl_panels import mean_se
+from lop.analysis.stats import finite_mean_se as mean_se
 from lop.io import atomic_write
 
 FORGETTING = cl_metrics.SUMMARY_METRICS

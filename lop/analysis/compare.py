@@ -16,14 +16,16 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from lop.analysis.figures import Line, panel_lines, stand_in_label
 from lop.analysis.registry import FigureSpec, PanelSpec, Registry
 from lop.io import atomic_write
+
+if TYPE_CHECKING:  # the figure code (matplotlib, seaborn) is imported when a table is made, not by the CLI parser
+    from lop.analysis.figures import Line
 
 COLUMNS = [
     "figure",
@@ -46,6 +48,8 @@ COLUMNS = [
 
 
 def _lines(spec: FigureSpec, panel: PanelSpec, table: pd.DataFrame, scale: str) -> dict[str, Line]:
+    from lop.analysis.figures import panel_lines
+
     lines, _ = panel_lines(table, panel, spec.band, scale)
     return {ln.label: ln for ln in lines}
 
@@ -69,6 +73,8 @@ def comparison_rows(
     registry: Registry, tables: Mapping[str, pd.DataFrame], scale: str
 ) -> list[dict[str, Any]]:
     """One row per published value of every figure whose experiment has an aggregate in ``tables``."""
+    from lop.analysis.figures import stand_in_label
+
     rows = []
     for fid, spec in registry.figures.items():
         table = tables.get(spec.experiment)

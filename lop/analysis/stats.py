@@ -10,6 +10,7 @@ value, e.g. after it diverged); statistics at each x use the seeds present there
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -119,3 +120,12 @@ def summarise(binned: pd.DataFrame, band: Band) -> Summary:
     else:
         raise ConfigError("band", f"unknown band {band!r}; use se, bootstrap95 or none")
     return Summary(x=xs, mean=mean, lo=lo, hi=hi, n=n)
+
+
+def finite_mean_se(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error s/√n (ddof = 1; 0 for one value) of the finite values; NaN for none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
