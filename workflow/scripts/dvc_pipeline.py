@@ -101,7 +101,7 @@ def figures_stage(exps: list[str], wdir: str) -> str:
         *(f"      - {d}" for d in deps),
         "    outs:",
         "      - results/figures/${scale}",
-        "      - results/tables/${scale}:   # paper_comparison, cl_table, budgeted_cl: rebuilt from the aggregates",
+        "      - results/tables/${scale}:   # paper_comparison.{md,csv}: small, kept in git",
         "          cache: false",
         "      - results/plots/${scale}:    # <figure>.csv behind `dvc plots show` (top-level plots below)",
         "          cache: false",
