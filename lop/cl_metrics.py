@@ -16,6 +16,14 @@ measured are NaN; a metric that needs one of them is NaN. The definitions (docs/
 * ``forgetting`` = 1/(T−1) Σ_{j<T} (max_{l ∈ [j, T−1]} R[l, j] − R[T, j])   (Chaudhry et al. 2018, F_T);
 * ``avg_incremental_acc`` = (1/T) Σ_{k=1..T} A_k, A_k = (1/k) Σ_{j≤k} R[k, j]  (A_1 included).
 
+The multi-domain task-incremental (MTIL) summaries of Zheng et al. 2023 (ZSCL), used by MoE adapters
+(docs/protocols/moe_mtil.md), read the whole square ``R[1..T, 1..T]``, tasks not yet trained included:
+
+* ``mtil_transfer`` = 1/(T−1) Σ_{j≥2} (1/(j−1)) Σ_{i<j} R[i, j]   (each task before it is trained,
+  after every earlier step; the zero-shot row 0 is not used);
+* ``mtil_avg`` = (1/T²) Σ_{i, j} R[i, j]                            (every task after every step);
+* ``mtil_last`` = (1/T) Σ_j R[T, j]                                 (= ``acc``).
+
 All functions take one matrix ``[T + 1, T]`` or a batch ``[S, T + 1, T]`` and return a float or an
 ``[S]`` array (float64).
 """
@@ -35,6 +43,10 @@ __all__ = [
     "bwt",
     "forgetting",
     "fwt",
+    "mtil_avg",
+    "mtil_last",
+    "mtil_summaries",
+    "mtil_transfer",
     "summaries",
     "task_metric",
 ]
@@ -45,6 +57,8 @@ _TASK_RE = re.compile(r"^test_accuracy/task_(\d+)$")
 
 #: summary names written by :func:`summaries`, in order
 SUMMARY_METRICS = ("acc", "bwt", "fwt", "forgetting", "avg_incremental_acc")
+#: summary names written by :func:`mtil_summaries`, in order
+MTIL_METRICS = ("mtil_transfer", "mtil_avg", "mtil_last")
 
 
 def task_metric(j: int) -> str:
@@ -127,6 +141,37 @@ def avg_incremental_acc(r: np.ndarray) -> float | np.ndarray:
     return _out(a_k.mean(axis=1), single)
 
 
+def mtil_transfer(r: np.ndarray) -> float | np.ndarray:
+    """MTIL "Transfer": 1/(T−1) Σ_{j≥2} mean_{1≤i<j} R[i, j] (upper triangle, row 0 excluded); NaN for T = 1."""
+    arr, single = _as_batch(r)
+    t = arr.shape[2]
+    if t < 2:
+        return _out(np.full(arr.shape[0], np.nan), single)
+    rows = np.arange(1, t + 1)[:, None]  # array rows 1..T = steps i
+    cols = np.arange(1, t + 1)[None, :]  # tasks j (1-based)
+    upper = (rows < cols).astype(np.float64)  # [T, T]: i < j
+    per_task = (np.where(upper[None] > 0, arr[:, 1:, :], 0.0)).sum(axis=1)[:, 1:] / upper.sum(axis=0)[
+        None, 1:
+    ]
+    return _out(per_task.mean(axis=1), single)
+
+
+def mtil_avg(r: np.ndarray) -> float | np.ndarray:
+    """MTIL "Avg": the mean of R[i, j] over every step i = 1..T and task j = 1..T."""
+    arr, single = _as_batch(r)
+    return _out(arr[:, 1:, :].mean(axis=(1, 2)), single)
+
+
+def mtil_last(r: np.ndarray) -> float | np.ndarray:
+    """MTIL "Last": (1/T) Σ_j R[T, j], the accuracy on every task after the last step."""
+    return acc(r)
+
+
+def mtil_summaries(r: np.ndarray) -> dict[str, float | np.ndarray]:
+    """All of :data:`MTIL_METRICS` for one matrix or a batch."""
+    return {"mtil_transfer": mtil_transfer(r), "mtil_avg": mtil_avg(r), "mtil_last": mtil_last(r)}
+
+
 def summaries(r: np.ndarray) -> dict[str, float | np.ndarray]:
     """All of :data:`SUMMARY_METRICS` for one matrix or a batch."""
     return {
@@ -138,8 +183,9 @@ def summaries(r: np.ndarray) -> dict[str, float | np.ndarray]:
     }
 
 
-def accuracy_matrix(rows: Iterable[tuple[int, str, float]] | Mapping[tuple[int, str], float],
-                    n_tasks: int | None = None) -> np.ndarray:
+def accuracy_matrix(
+    rows: Iterable[tuple[int, str, float]] | Mapping[tuple[int, str], float], n_tasks: int | None = None
+) -> np.ndarray:
     """Build ``R`` ``[T + 1, T]`` from tidy ``(step, metric, value)`` rows.
 
     ``step`` is the number of tasks trained (0 = before training) and ``metric`` is

@@ -64,6 +64,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _standin(args: argparse.Namespace) -> int:
+    if args.dataset == "mtil":  # user-prepared datasets: the stand-in is written in the prepared layout
+        from lop.data import mtil
+
+        mtil.write_mtil_standin(Path(args.raw), seed=args.seed)
+        print(
+            f"ok: stand-ins for the {len(mtil.ORDER_I)} MTIL datasets written to {Path(args.raw)}; NOT real data"
+        )
+        return 0
     info = standins.write_standin(args.dataset, Path(args.raw), size=args.size, seed=args.seed)
     print(
         f"ok: {args.size} stand-in for {args.dataset} written to {Path(args.raw)} ({info.name}); NOT real data"
@@ -132,8 +140,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("standin", help="write a learnable stand-in in the official raw format")
-    p.add_argument("dataset", choices=DATASETS)
-    p.add_argument("--raw", required=True, help="raw folder to write, e.g. data/raw/mnist")
+    p.add_argument("dataset", choices=(*DATASETS, "mtil"))
+    p.add_argument(
+        "--raw", required=True, help="raw folder to write, e.g. data/raw/mnist (mtil: the prepared folder)"
+    )
     p.add_argument("--size", choices=("small", "demo"), default="small")
     p.add_argument("--seed", type=_non_negative, default=0)
     p.set_defaults(func=_standin)

@@ -38,6 +38,19 @@ rule standin_prepare:
         "lop data prepare {wildcards.dataset} --raw {input} --out {output} > {log} 2>&1"
 
 
+rule mtil_standin:
+    """The MTIL stand-ins (tiny generated images), written directly in the prepared layout of lop.data.mtil;
+    the real MTIL datasets are prepared by the user (docs/protocols/moe_mtil.md, "Data")."""
+    output:
+        directory("data/prepared/mtil-standin"),
+    log:
+        str(LOGS / "data" / "mtil-standin.log"),
+    conda:
+        "../envs/lop.yaml"
+    shell:
+        "lop data standin mtil --raw {output} > {log} 2>&1"
+
+
 rule download:
     """Official raw files, md5-checked (MNIST, CIFAR-100); ImageNet32 fails with the licence instructions."""
     output:

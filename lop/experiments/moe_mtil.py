@@ -1,0 +1,428 @@
+"""Experiment `moe_mtil`: multi-domain task-incremental learning (MTIL, Order I) on a frozen CLIP with
+mixture-of-experts adapters (Yu et al., CVPR 2024; docs/protocols/moe_mtil.md).
+
+Eleven datasets are learnt one after the other (`lop.data.mtil.ORDER_I`: Aircraft, Caltech101, CIFAR-100,
+DTD, EuroSAT, Flowers, Food, MNIST, Pets, Cars, SUN397), each a task with its own classes and prompts
+("a photo of a {class}."). Task t trains `iterations` minibatches of `batch_size` of its own training
+images (epochs of a fresh per-run shuffle, no replay) with AdamW at the method's lr × ``lr_factors[t]``
+(the published per-task rates are 1e-3 × (5, 1, 5, 1, 0.1, 1, 1, 0.1, 1, 1, 1)), a cosine schedule after
+``warmup_steps`` linear warm-up steps, restarted per task, and the cross-entropy with label smoothing
+over the task's classes of logits exp(logit_scale) · cos(image, text). Evaluation is task-incremental:
+the test images of task j are classified among task j's classes only.
+
+Methods (`MethodConfig.moe_adapters`): ``mode: adapters`` with per-task routers, DDAS picking a router
+(or zero-shot CLIP) per test image and activate-freeze (the published MTIL configuration), ``zero_shot``
+(plain CLIP) and ``full_finetune`` (every backbone tensor trained, one copy per run).
+
+Unit = one task. Metrics (step = tasks trained); the full accuracy matrix is measured, every task after
+every step, because "Transfer" reads the tasks not yet trained:
+
+* ``test_accuracy/task_j`` for every j = 1..T at every step 0..T (row 0: CLIP before any training);
+* step t ≥ 1: ``train_loss``, ``balance_loss``, ``adapter_weight_magnitude`` (mean |θ| of the trained
+  tensors), ``adapter_dormant_units`` (fraction of bottleneck units zero on every evaluated token), with
+  DDAS ``ddas_route_accuracy`` (trained tasks' test images sent to their own router) and
+  ``ddas_zero_shot_fraction`` (test images of tasks not yet trained sent to zero-shot CLIP; NaN at the
+  last step, when there are none);
+* last step: ``mtil_transfer``, ``mtil_avg``, ``mtil_last`` (`lop.cl_metrics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lop import cl_metrics
+from lop.algos.adamw import RunAdamW
+from lop.algos.ddas import TaskAutoencoders, select_routes
+from lop.config import MoEAdaptersConfig, check
+from lop.data.mtil import ORDER_I, MtilDataset, load_mtil_dataset
+from lop.errors import ConfigError
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
+from lop.experiments.moe_cifar import TensorHolder, cosine_factor
+from lop.nets.clip import (
+    ARCHS,
+    encode_image,
+    encode_text,
+    load_clip_state,
+    normalise_images,
+    random_clip_state,
+)
+from lop.nets.clip_tokenizer import BPETokenizer, ByteTokenizer
+from lop.nets.moe_adapters import MoEAdapters
+from lop.rng import RunStreams
+
+#: the published per-task learning rates divided by the method's 1e-3 (Order I)
+PAPER_LR_FACTORS = (5.0, 1.0, 5.0, 1.0, 0.1, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MoEMtilProblem:
+    """Problem settings; defaults are the published MTIL Order I protocol (docs/protocols/moe_mtil.md)."""
+
+    data_dir: str = "data/prepared/mtil"
+    datasets: tuple[str, ...] = ORDER_I
+    iterations: int = 1000
+    batch_size: int = 64
+    lr_factors: tuple[float, ...] = PAPER_LR_FACTORS
+    train_limit: int = 0  # images per task kept for training (0 = all; else evenly spaced over the file)
+    test_limit: int = 0  # the same for the test images
+    backbone: Literal["vit_b16", "tiny"] = "vit_b16"
+    weights: str = "data/clip/ViT-B-16.pt"
+    vocab: str = "data/clip/bpe_simple_vocab_16e6.txt.gz"
+    tokenizer: Literal["bpe", "bytes"] = "bpe"
+    backbone_seed: int = 0  # the random tiny backbone (shared by all runs)
+    prompt: str = "a photo of a {}."
+    eval_batch: int = 250
+    verify_data: bool = True
+
+    def validate(self) -> list[tuple[str, str]]:
+        unknown = [d for d in self.datasets if d not in ORDER_I]
+        return (
+            check(
+                len(self.datasets) >= 1 and not unknown,
+                "datasets",
+                f"must be names from {', '.join(ORDER_I)}",
+            )
+            + check(len(set(self.datasets)) == len(self.datasets), "datasets", "must not repeat a dataset")
+            + check(
+                len(self.lr_factors) == len(self.datasets) and all(f > 0 for f in self.lr_factors),
+                "lr_factors",
+                f"needs one positive factor per dataset ({len(self.datasets)})",
+            )
+            + check(self.iterations >= 1, "iterations", "must be >= 1")
+            + check(self.batch_size >= 1, "batch_size", "must be >= 1")
+            + check(
+                min(self.train_limit, self.test_limit) >= 0, "train_limit", "limits must be >= 0 (0 = all)"
+            )
+            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
+            + check(
+                self.backbone == "tiny" or self.tokenizer == "bpe",
+                "tokenizer",
+                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
+            )
+            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+        )
+
+
+def _subset(n: int, limit: int) -> np.ndarray:
+    """Indices of the kept images: all, or `limit` evenly spaced ones (deterministic, every class kept
+    in proportion when the file is sorted by class)."""
+    if limit <= 0 or limit >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+
+
+class MoEMtilTrainer(Trainer):
+    """Trains S runs of one method over the MTIL task sequence; unit = one task."""
+
+    unit_name = "task"
+    state_attrs = ("model", "opt", "ae", "acc")
+
+    def __init__(self, problem: MoEMtilProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
+        self.p = problem
+        s = len(runs)
+        cfgs = [r.config.moe_adapters or MoEAdaptersConfig() for r in runs]
+        for k, c in enumerate(cfgs[1:], 1):
+            differ = [
+                f
+                for f in c.__dataclass_fields__
+                if f != "balance_weight" and getattr(c, f) != getattr(cfgs[0], f)
+            ]
+            if differ:
+                raise ConfigError(
+                    f"runs ({runs[0].setting_id!r} vs {runs[k].setting_id!r}).moe_adapters.{differ[0]}",
+                    "runs of one batch must share the adapter architecture; set pack_settings: false",
+                )
+        self.cfg = cfg = cfgs[0]
+        self.device = device
+        self.streams = RunStreams([r.seed for r in runs], device)
+        self.arch = ARCHS[problem.backbone]
+        frozen = (
+            random_clip_state(self.arch, problem.backbone_seed)
+            if problem.backbone == "tiny"
+            else load_clip_state(problem.weights, self.arch)
+        )
+        self.frozen = {k: v.to(device) for k, v in frozen.items()}
+        tok = ByteTokenizer() if problem.tokenizer == "bytes" else BPETokenizer(problem.vocab)
+        if tok.vocab_size > self.arch.vocab_size:
+            raise ConfigError(
+                "problem.tokenizer",
+                f"vocabulary of {tok.vocab_size} tokens exceeds the backbone's {self.arch.vocab_size}",
+            )
+        self.data: list[MtilDataset] = [
+            load_mtil_dataset(problem.data_dir, d, verify=problem.verify_data) for d in problem.datasets
+        ]
+        self.stand_in = any(d.stand_in for d in self.data)
+        self.train_idx = [_subset(len(d.train_labels), problem.train_limit) for d in self.data]
+        self.test_idx = [_subset(len(d.test_labels), problem.test_limit) for d in self.data]
+        self.tokens = [
+            tok([problem.prompt.format(c.replace("_", " ")) for c in d.classes], self.arch.context_length).to(
+                device
+            )
+            for d in self.data
+        ]
+        self.n_units = len(self.data)
+        lr = torch.tensor([r.config.lr for r in runs], device=device)
+        wd = torch.tensor([r.config.weight_decay for r in runs], device=device)
+        self.balance_weight = torch.tensor([c.balance_weight for c in cfgs], device=device)
+        self.adapters: MoEAdapters | None = None
+        if cfg.mode == "adapters":
+            self.adapters = MoEAdapters(
+                self.streams,
+                self.arch,
+                n_experts=cfg.experts,
+                top_k=cfg.top_k,
+                n_routers=self.n_units if cfg.routers == "per_task" else 1,
+                bottleneck=cfg.bottleneck,
+                scale=cfg.scale,
+                dropout=cfg.dropout,
+            )
+            self.model: MoEAdapters | TensorHolder = self.adapters
+        elif cfg.mode == "full_finetune":
+            self.model = TensorHolder(
+                {
+                    k: v.expand(s, *v.shape).clone().requires_grad_(True)
+                    for k, v in self.frozen.items()
+                    if k != "logit_scale"
+                }
+            )
+        else:
+            self.model = TensorHolder()
+        c0 = runs[0].config
+        self.opt = RunAdamW(self.model.params, lr, c0.betas, c0.eps, wd)
+        self.ae = (
+            TaskAutoencoders(self.streams, self.n_units, self.arch.embed_dim)
+            if cfg.ddas != "off"
+            else TensorHolder()
+        )
+        t = self.n_units
+        self.acc = torch.full((s, t + 1, t), float("nan"), dtype=torch.float64, device=device)
+        self.init_divergence(s, device)
+
+    # ---- data --------------------------------------------------------------------------------------
+    def images(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        """uint8 images at file positions `idx` (any shape) -> ``[*idx.shape, 3, H, H]`` on the device."""
+        flat = np.ascontiguousarray(array[idx.reshape(-1)])
+        return torch.from_numpy(flat).to(self.device).view(*idx.shape, *array.shape[1:])
+
+    def labels(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array[idx])).to(self.device)
+
+    # ---- the model ---------------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {**self.frozen, **self.model.params} if self.cfg.mode == "full_finetune" else self.frozen
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.frozen["logit_scale"].exp()
+
+    # ---- training ----------------------------------------------------------------------------------
+    def train_task(self, u: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task u's iterations; returns the mean training loss and balance loss ``[S]``."""
+        s, bsz, ds = self.streams.n, self.p.batch_size, self.data[u]
+        sel = self.train_idx[u]
+        n = len(sel)
+        per_epoch = -(-n // bsz)
+        tokens = self.tokens[u].expand(s, -1, -1)
+        self.opt.reset()
+        router, masks = None, None
+        if self.adapters is not None:
+            router = u if self.cfg.routers == "per_task" else 0
+            masks = self.adapters.trainable_masks(router)
+        w = self.weights()
+        sum_loss = torch.zeros(s, device=self.device)
+        sum_bal = torch.zeros(s, device=self.device)
+        order = sel[None].repeat(s, 0)
+        for it in range(self.p.iterations):
+            epoch, b = divmod(it, per_epoch)
+            if b == 0:  # one host transfer per epoch, not per step
+                order = sel[self.streams.permutation(f"moe/shuffle/{u}", epoch, n).cpu().numpy()]
+            idx = order[:, b * bsz : (b + 1) * bsz]  # [S, B] file positions
+            if self.adapters is not None:
+                self.adapters.ctx.route, self.adapters.ctx.training = router, True
+                self.adapters.ctx.noise, self.adapters.ctx.step = True, u * self.p.iterations + it
+            hook = self.adapters
+            img = encode_image(
+                normalise_images(self.images(ds.train_images, idx), self.arch.image_size), w, self.arch, hook
+            )
+            txt = encode_text(tokens, w, self.arch, hook)
+            logits = self.logit_scale() * torch.bmm(
+                F.normalize(img, dim=-1), F.normalize(txt, dim=-1).transpose(1, 2)
+            )
+            y = self.labels(ds.train_labels, idx)
+            ce = (
+                F.cross_entropy(
+                    logits.flatten(0, 1),
+                    y.flatten(),
+                    reduction="none",
+                    label_smoothing=self.cfg.label_smoothing,
+                )
+                .view(s, -1)
+                .mean(1)
+            )
+            bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
+            loss = ce + self.balance_weight * bal
+            bad = ~torch.isfinite(loss)
+            self.mark_diverged(bad, u + 1)
+            for p in self.model.params.values():
+                p.grad = None
+            torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+            self.opt.step(
+                cosine_factor(it, self.p.iterations, self.cfg.warmup_steps) * self.p.lr_factors[u], masks
+            )
+            sum_loss += ce.detach()
+            sum_bal += bal.detach()
+        if self.adapters is not None:
+            self.adapters.ctx.training = False
+            self.adapters.freeze_most_used(self.cfg.freeze_top)
+        return sum_loss / self.p.iterations, sum_bal / self.p.iterations
+
+    @torch.no_grad()
+    def frozen_features(self, array: np.ndarray, sel: np.ndarray) -> torch.Tensor:
+        """``[N, e]`` frozen CLIP image embeddings (no adapters) of the images at `sel`, in eval batches."""
+        out = []
+        for i in range(0, len(sel), self.p.eval_batch):
+            x = normalise_images(
+                self.images(array, sel[i : i + self.p.eval_batch])[None], self.arch.image_size
+            )
+            out.append(encode_image(x, self.frozen, self.arch)[0])
+        return torch.cat(out)
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, n_seen: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Accuracy ``[S, T]`` on every task after `n_seen` trained tasks (task j's classes only), and the
+        DDAS route accuracy (trained tasks) and zero-shot fraction (untrained tasks) ``[S]``."""
+        s, t_all = self.streams.n, self.n_units
+        use = n_seen > 0 and self.adapters is not None
+        ddas = use and self.cfg.ddas != "off"
+        ad = self.adapters
+        if ad is not None:
+            ad.ctx.training, ad.ctx.noise, ad.ctx.probe = False, self.cfg.noise_at_test, use
+            ad.reset_active()
+        n_routes = (n_seen if self.cfg.routers == "per_task" else 1) if use else 0
+        w = self.weights()
+        acc = torch.zeros(s, t_all, dtype=torch.float64, device=self.device)
+        routed_right = torch.zeros(s, device=self.device)
+        zero_shot = torch.zeros(s, device=self.device)
+        n_trained = n_untrained = 0
+        for j, ds in enumerate(self.data):
+            tokens = self.tokens[j].expand(s, -1, -1)
+            txt = [F.normalize(encode_text(tokens, w, self.arch, None), dim=-1)]  # route −1 first
+            for r in range(n_routes):
+                ad.ctx.route, ad.ctx.step = r, 0
+                txt.append(F.normalize(encode_text(tokens, w, self.arch, ad), dim=-1))
+            txt_all = torch.stack(txt, dim=1)  # [S, 1 + R, C, e]
+            sel = self.test_idx[j]
+            correct = torch.zeros(s, device=self.device)
+            for bi, i in enumerate(range(0, len(sel), self.p.eval_batch)):
+                part = sel[i : i + self.p.eval_batch]
+                xb = self.images(ds.test_images, part)
+                yb = self.labels(ds.test_labels, part)
+                if ddas:
+                    feats = encode_image(
+                        normalise_images(xb[None], self.arch.image_size), self.frozen, self.arch
+                    )[0]
+                    route = select_routes(
+                        self.ae.errors(feats, n_seen), self.cfg.ddas_threshold, self.cfg.ddas
+                    )
+                    if j < n_seen:
+                        routed_right += (route == j).sum(1)
+                    else:
+                        zero_shot += (route < 0).sum(1)
+                elif use:
+                    route = torch.zeros(s, len(part), dtype=torch.int64, device=self.device)
+                else:
+                    route = torch.full((s, len(part)), -1, dtype=torch.int64, device=self.device)
+                if use:
+                    ad.ctx.route, ad.ctx.step = route, j * 100_000 + bi
+                images = normalise_images(xb[None].expand(s, *xb.shape), self.arch.image_size)
+                img = F.normalize(encode_image(images, w, self.arch, ad if use else None), dim=-1)
+                tb = torch.gather(
+                    txt_all, 1, (route + 1)[:, :, None, None].expand(-1, -1, *txt_all.shape[2:])
+                )
+                pred = torch.einsum("sbe,sbce->sbc", img, tb).argmax(-1)
+                correct += (pred == yb[None]).sum(1)
+            acc[:, j] = correct.double() / len(sel)
+            if j < n_seen:
+                n_trained += len(sel)
+            else:
+                n_untrained += len(sel)
+        if ad is not None:
+            ad.ctx.probe = False
+        rr = routed_right / max(n_trained, 1)
+        zs = zero_shot / n_untrained if n_untrained else torch.full((s,), float("nan"), device=self.device)
+        return acc, rr, zs
+
+    # ---- the unit ----------------------------------------------------------------------------------
+    def _row(self, step: int, acc: torch.Tensor) -> list[MetricBlock]:
+        self.acc[:, step] = acc
+        return [self.metric(f"test_accuracy/task_{j + 1}", step, acc[:, j]) for j in range(self.n_units)]
+
+    def train_unit(self, unit: int) -> list[MetricBlock]:
+        out: list[MetricBlock] = []
+        if unit == 0:
+            out += self._row(0, self.evaluate(0)[0])
+        if self.cfg.mode != "zero_shot":
+            loss, bal = self.train_task(unit)
+            out.append(self.metric("train_loss", unit + 1, loss))
+            out.append(self.metric("balance_loss", unit + 1, bal))
+        if self.cfg.ddas != "off":
+            ds = self.data[unit]
+            steps = self.cfg.ddas_steps_first if unit == 0 else self.cfg.ddas_steps
+            self.ae.train_task(unit, self.frozen_features(ds.train_images, self.train_idx[unit]), steps=steps)
+        if self.cfg.mode == "zero_shot":  # CLIP never changes: every row equals row 0
+            acc, rr, zs = self.acc[:, 0].clone(), None, None
+        else:
+            acc, rr, zs = self.evaluate(unit + 1)
+        out += self._row(unit + 1, acc)
+        if self.cfg.ddas != "off" and rr is not None:
+            out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
+            out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
+        if self.model.params:
+            with torch.no_grad():
+                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
+                sizes = [p[0].numel() for p in self.model.params.values()]
+                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
+            out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
+        if self.adapters is not None:
+            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
+        if unit + 1 == self.n_units:
+            summary = cl_metrics.mtil_summaries(self.acc.cpu().numpy())
+            for name in cl_metrics.MTIL_METRICS:
+                values = torch.as_tensor(np.asarray(summary[name]), dtype=torch.float64, device=self.device)
+                out.append(self.metric(name, unit + 1, values))
+        return out
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.params)
+
+
+def build(problem: MoEMtilProblem, runs: Sequence[RunSpec], device: torch.device) -> Trainer:
+    for r in runs:
+        cfg = r.config.moe_adapters or MoEAdaptersConfig()
+        extra = [k for k in set_method_keys(r.config) if k != "moe_adapters"]
+        if cfg.mode == "zero_shot" and extra:
+            raise ConfigError(
+                f"methods.{r.method}.{extra[0]}",
+                "mode: zero_shot trains nothing, so optimiser settings would be ignored; remove them",
+            )
+        if cfg.mode != "zero_shot" and r.config.optimizer != "adam":
+            raise ConfigError(
+                f"methods.{r.method}.optimizer", "moe_mtil trains with AdamW; set optimizer: adam"
+            )
+    return MoEMtilTrainer(problem, runs, device)
+
+
+EXPERIMENT = ExperimentSpec(
+    name="moe_mtil",
+    problem_cls=MoEMtilProblem,
+    build=build,
+    description="Multi-domain task-incremental learning (11 datasets, Order I) on a frozen CLIP with MoE adapters (Yu et al. 2024)",
+    needs_data=("mtil",),
+    supports=frozenset({"optimizer", "lr", "betas", "eps", "weight_decay", "moe_adapters"}),
+)
