@@ -183,8 +183,9 @@ def summaries(r: np.ndarray) -> dict[str, float | np.ndarray]:
     }
 
 
-def accuracy_matrix(rows: Iterable[tuple[int, str, float]] | Mapping[tuple[int, str], float],
-                    n_tasks: int | None = None) -> np.ndarray:
+def accuracy_matrix(
+    rows: Iterable[tuple[int, str, float]] | Mapping[tuple[int, str], float], n_tasks: int | None = None
+) -> np.ndarray:
     """Build ``R`` ``[T + 1, T]`` from tidy ``(step, metric, value)`` rows.
 
     ``step`` is the number of tasks trained (0 = before training) and ``metric`` is
