@@ -149,6 +149,11 @@ def test_full_matrix_summaries_and_zero_shot_rows(standins: Path) -> None:
     assert acc.shape == (2, t + 1, t) and not np.isnan(acc).any()  # every task after every step
     names = [b.name for b in blocks]
     assert names.count("test_accuracy/task_3") == t + 1  # measured at steps 0..T, before and after training
+    by = {(b.name, int(b.steps[0])): b.values[:, 0].numpy() for b in blocks}
+    np.testing.assert_allclose(by["mean_accuracy", 2], acc[:, 2].mean(1))
+    np.testing.assert_allclose(by["seen_accuracy", 2], acc[:, 2, :2].mean(1))
+    np.testing.assert_allclose(by["unseen_accuracy", 2], acc[:, 2, 2:].mean(1))
+    assert ("unseen_accuracy", t) not in by and ("seen_accuracy", 0) not in by
     final = {b.name: b.values.numpy() for b in blocks if b.name.startswith("mtil_")}
     ref = cm.mtil_summaries(acc)
     for k in cm.MTIL_METRICS:
@@ -173,6 +178,8 @@ def test_bad_settings_are_rejected(standins: Path) -> None:
         k == "datasets" for k, _ in MoEMtilProblem(datasets=("imagenet",), lr_factors=(1.0,)).validate()
     )
     assert MoEMtilProblem().validate() == [] and len(PAPER_LR_FACTORS) == len(ORDER_I)
+    order = "aircraft caltech101 cifar100 dtd eurosat flowers food mnist pets cars sun397"
+    assert tuple(order.split()) == ORDER_I  # Order I
     sgd = dataclasses.replace(_runs("full_finetune")[0].config, optimizer="sgd")
     with pytest.raises(ConfigError, match="optimizer: adam"):
         build(_problem(standins), [RunSpec("full_finetune", "default", {}, sgd, 0)], torch.device("cpu"))

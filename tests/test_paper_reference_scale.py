@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import REPO
 
+from lop.data.mtil import ORDER_I
 from lop.params import load_params
 
 # experiment -> problem options its paper scale must set (exact values)
@@ -41,6 +42,18 @@ PAPER_PROBLEM: dict[str, dict[str, Any]] = {
             "prompt": "a bad photo of a {}.",
         }
         for name, steps, batch in (("moe_cifar", 10, 128), ("moe_cifar_20", 20, 128), ("moe_cifar_50", 50, 64))
+    },
+    # MTIL Order I on the real ViT-B/16 with the published per-task rates (docs/protocols/moe_mtil.md)
+    "moe_mtil": {
+        "datasets": ORDER_I,
+        "iterations": 1000,
+        "batch_size": 64,
+        "lr_factors": (5.0, 1.0, 5.0, 1.0, 0.1, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0),
+        "train_limit": 0,
+        "test_limit": 0,
+        "backbone": "vit_b16",
+        "tokenizer": "bpe",
+        "prompt": "a photo of a {}.",
     },
     # the small-scale protocol of docs/protocols/budgeted_cl.md: CIFAR-100 halves, 10 steps, 1x ≈ 2 passes
     "budgeted_cl": {"dataset": "cifar100", "n_classes": 100, "n_steps": 10, "iterations": 35, "batch_size": 128},
@@ -87,6 +100,13 @@ def test_paper_scale_follows_the_reference(name: str) -> None:
         assert {s.config.cbp.count for s in params.settings["paper"]["cbp"]} == {"all"}
     if params.experiment == "incremental_cifar":  # the reference's ResNet-18 utility (never-decayed sum)
         assert {s.config.cbp.utility for s in params.settings["paper"]["cbp"]} == {"reference_sum"}
+    if params.experiment == "moe_mtil":  # MoE adapters as published for MTIL (AdamW 1e-3, wd 0)
+        mtil = params.settings["paper"]["moe_adapters"]
+        ((lr, wd, moe),) = {(s.config.lr, s.config.weight_decay, s.config.moe_adapters) for s in mtil}
+        assert (lr, wd) == (1e-3, 0.0)
+        got = (moe.experts, moe.top_k, moe.routers, moe.freeze_top, moe.ddas, moe.ddas_threshold, moe.warmup_steps,
+               moe.label_smoothing, moe.bottleneck, moe.scale)  # fmt: skip
+        assert got == (22, 2, "per_task", 2, "per_sample", 0.0655, 100, 0.2, 64, 0.1)
     if params.experiment == "cl_permuted_mnist":  # SI as published: c = 0.1, ξ = 0.1, Adam 1e-3
         si = [s.config for s in params.settings["paper"]["si"]]
         assert {(c.si.c, c.si.xi, c.optimizer, c.lr) for c in si} == {(0.1, 0.1, "adam", 1e-3)}

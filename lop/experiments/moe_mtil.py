@@ -17,7 +17,10 @@ Methods (`MethodConfig.moe_adapters`): ``mode: adapters`` with per-task routers,
 Unit = one task. Metrics (step = tasks trained); the full accuracy matrix is measured, every task after
 every step, because "Transfer" reads the tasks not yet trained:
 
-* ``test_accuracy/task_j`` for every j = 1..T at every step 0..T (row 0: CLIP before any training);
+* ``test_accuracy/task_j`` for every j = 1..T at every step 0..T (row 0: CLIP before any training),
+  with ``mean_accuracy`` (mean over all T tasks: its mean over steps 1..T is "Avg", its last value
+  "Last"), ``seen_accuracy`` (tasks 1..t, t ≥ 1) and ``unseen_accuracy`` (tasks t+1..T, t < T: the tasks
+  "Transfer" reads);
 * step t ≥ 1: ``train_loss``, ``balance_loss``, ``adapter_weight_magnitude`` (mean |θ| of the trained
   tensors), ``adapter_dormant_units`` (fraction of bottleneck units zero on every evaluated token), with
   DDAS ``ddas_route_accuracy`` (trained tasks' test images sent to their own router) and
@@ -360,8 +363,15 @@ class MoEMtilTrainer(Trainer):
 
     # ---- the unit ----------------------------------------------------------------------------------
     def _row(self, step: int, acc: torch.Tensor) -> list[MetricBlock]:
+        """Row `step` of the accuracy matrix and its means over all, trained and untrained tasks."""
         self.acc[:, step] = acc
-        return [self.metric(f"test_accuracy/task_{j + 1}", step, acc[:, j]) for j in range(self.n_units)]
+        out = [self.metric(f"test_accuracy/task_{j + 1}", step, acc[:, j]) for j in range(self.n_units)]
+        out.append(self.metric("mean_accuracy", step, acc.mean(1)))
+        if step > 0:
+            out.append(self.metric("seen_accuracy", step, acc[:, :step].mean(1)))
+        if step < self.n_units:
+            out.append(self.metric("unseen_accuracy", step, acc[:, step:].mean(1)))
+        return out
 
     def train_unit(self, unit: int) -> list[MetricBlock]:
         out: list[MetricBlock] = []
