@@ -154,6 +154,7 @@ def test_full_matrix_summaries_and_zero_shot_rows(standins: Path) -> None:
     np.testing.assert_allclose(by["seen_accuracy", 2], acc[:, 2, :2].mean(1))
     np.testing.assert_allclose(by["unseen_accuracy", 2], acc[:, 2, 2:].mean(1))
     assert ("unseen_accuracy", t) not in by and ("seen_accuracy", 0) not in by
+    assert ("ddas_zero_shot_fraction", t - 1) in by and ("ddas_zero_shot_fraction", t) not in by
     final = {b.name: b.values.numpy() for b in blocks if b.name.startswith("mtil_")}
     ref = cm.mtil_summaries(acc)
     for k in cm.MTIL_METRICS:
@@ -170,6 +171,30 @@ def test_a_run_does_not_depend_on_its_batch(standins: Path) -> None:
     both, _ = _train(problem, _runs("moe_adapters", (0, 1)))
     one, _ = _train(problem, _runs("moe_adapters", (1,)))
     np.testing.assert_allclose(both.acc[1].numpy(), one.acc[0].numpy(), atol=1e-12)
+
+
+def test_resume_from_state_continues_identically(standins: Path) -> None:
+    """A trainer restored from another's state after task 1 trains and evaluates task 2 exactly like the
+    original (adapters, usage counts, frozen experts, optimiser, autoencoders, accuracy matrix)."""
+    problem = _problem(standins, datasets=("aircraft", "dtd"), lr_factors=(5.0, 1.0))
+    runs = _runs("moe_adapters", (3,))
+    a = build(problem, runs, torch.device("cpu"))
+    a.train_unit(0)
+    b = build(problem, runs, torch.device("cpu"))
+    b.load_state_dict(dict(a.state_dict()))
+    ma, mb = a.train_unit(1), b.train_unit(1)
+    assert [m.name for m in ma] == [m.name for m in mb]
+    for x, y in zip(ma, mb, strict=True):
+        assert torch.equal(x.values, y.values), x.name
+
+
+def test_lop_data_standin_mtil_writes_loadable_stand_ins(tmp_path: Path) -> None:
+    from lop.cli import main
+
+    assert main(["data", "standin", "mtil", "--raw", str(tmp_path / "s")]) == 0
+    for name in ORDER_I:
+        d = load_mtil_dataset(tmp_path / "s", name)
+        assert d.stand_in and len(d.classes) == 3 and d.train_images.shape == (24, 3, 32, 32)
 
 
 def test_bad_settings_are_rejected(standins: Path) -> None:

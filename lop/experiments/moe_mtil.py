@@ -24,8 +24,8 @@ every step, because "Transfer" reads the tasks not yet trained:
 * step t ≥ 1: ``train_loss``, ``balance_loss``, ``adapter_weight_magnitude`` (mean |θ| of the trained
   tensors), ``adapter_dormant_units`` (fraction of bottleneck units zero on every evaluated token), with
   DDAS ``ddas_route_accuracy`` (trained tasks' test images sent to their own router) and
-  ``ddas_zero_shot_fraction`` (test images of tasks not yet trained sent to zero-shot CLIP; NaN at the
-  last step, when there are none);
+  ``ddas_zero_shot_fraction`` (test images of tasks not yet trained sent to zero-shot CLIP; steps
+  before the last only);
 * last step: ``mtil_transfer``, ``mtil_avg``, ``mtil_last`` (`lop.cl_metrics`).
 """
 
@@ -392,7 +392,8 @@ class MoEMtilTrainer(Trainer):
         out += self._row(unit + 1, acc)
         if self.cfg.ddas != "off" and rr is not None:
             out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
-            out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
+            if unit + 1 < self.n_units:  # no untrained task is left after the last step
+                out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
         if self.model.params:
             with torch.no_grad():
                 mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
