@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -195,7 +194,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.out and len(targets) != 1:
         raise ConfigError("--out", f"the scale names {len(targets)} pretrained checkpoints; drop --out")
     if not targets:
-        raise ConfigError(f"{args.params}:scales.{args.scale}.problem.pretrained", "no pretrained checkpoint to build")
+        raise ConfigError(
+            f"{args.params}:scales.{args.scale}.problem.pretrained", "no pretrained checkpoint to build"
+        )
     from lop.experiments.budgeted_cl import pretrain, save_pretrained
 
     device = resolve_device(args.device or "cpu")
@@ -282,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--max-runs", type=int, help="cap on runs per scale (default 100000)")
     jobs.set_defaults(func=cmd_params_jobs)
 
-    pre = sub.add_parser("pretrain", help="pretrain the network a scale names in problem.pretrained (budgeted_cl)")
+    pre = sub.add_parser(
+        "pretrain", help="pretrain the network a scale names in problem.pretrained (budgeted_cl)"
+    )
     pre.add_argument("--params", required=True, help="params file, e.g. params/budgeted_cl.yaml")
     pre.add_argument("--scale", default="demo", help="smoke | demo | paper (default demo)")
     pre.add_argument("--out", help="write here instead of problem.pretrained")
@@ -295,25 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     from lop.cache import register as register_cache
 
     register_cache(sub)
-    try:
-        from lop.analysis.compare import register as register_compare
-    except ModuleNotFoundError as e:  # the `figures` extra (matplotlib, seaborn) is not installed
-        if not (e.name or "").startswith(("matplotlib", "seaborn")):
-            raise
-    else:
-        register_compare(sub)
-        from lop.analysis.cl_table import register as register_cl_table
+    # Registering a group imports only argparse code: each command imports what it needs when it runs,
+    # so `lop params validate` and `lop --help` load neither torch nor pandas nor matplotlib.
+    from lop.analysis.commands import register as register_analysis
+    from lop.data.commands import register as register_data
 
-        register_cl_table(sub)
-
-    for module in ("lop.data.commands", "lop.analysis.commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                continue
-            raise
-        mod.register(sub)
+    register_data(sub)
+    register_analysis(sub)
     return parser
 
 

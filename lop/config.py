@@ -8,6 +8,7 @@ keys, wrong types and impossible values with a `ConfigError` naming the key. `to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -104,6 +105,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """(type hints, init fields) of a config dataclass, resolved once per class: `typing.get_type_hints`
+    evaluates every string annotation, which dominated `lop params validate` when done per call."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass `cls` from a mapping, validating keys, types and `validate()` constraints."""
     if isinstance(data, cls):
@@ -112,8 +120,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(where, f"expected a mapping of settings, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints, fields = _schema(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -359,7 +366,11 @@ class MoEAdaptersConfig:
             + check(self.bottleneck >= 1, "bottleneck", "must be >= 1")
             + check(0.0 <= self.dropout < 1.0, "dropout", "must be within [0, 1)")
             + check(self.balance_weight >= 0, "balance_weight", "must be >= 0 (0 drops the loss)")
-            + check(0 <= self.freeze_top <= self.experts, "freeze_top", f"must be within [0, experts = {self.experts}]")
+            + check(
+                0 <= self.freeze_top <= self.experts,
+                "freeze_top",
+                f"must be within [0, experts = {self.experts}]",
+            )
             + check(
                 self.routers == "shared" or self.ddas != "off",
                 "routers",
@@ -484,7 +495,9 @@ class DENConfig:
             + check(self.drift_l2 >= 0, "drift_l2", "must be >= 0")
             + check(self.split_threshold >= 0, "split_threshold", "must be >= 0")
             + check(self.split_max >= 0, "split_max", "must be >= 0 (0 = never split)")
-            + check(self.phase_steps >= 0, "phase_steps", "must be >= 0 (0 = the experiment's steps per task)")
+            + check(
+                self.phase_steps >= 0, "phase_steps", "must be >= 0 (0 = the experiment's steps per task)"
+            )
             + check(self.head_steps >= 0, "head_steps", "must be >= 0 (0 = phase_steps // 10)")
             + check(0.0 < self.lr_decay <= 1.0, "lr_decay", "must be within (0, 1]")
         )

@@ -27,8 +27,15 @@ from lop.analysis.stats import finite_mean_se as mean_se
 from lop.io import atomic_write
 
 FORGETTING = cl_metrics.SUMMARY_METRICS
-PLASTICITY = ("learn_first", "learn_last", "dead_units", "dormant_units", "effective_rank", "stable_rank",
-              "weight_magnitude")
+PLASTICITY = (
+    "learn_first",
+    "learn_last",
+    "dead_units",
+    "dormant_units",
+    "effective_rank",
+    "stable_rank",
+    "weight_magnitude",
+)
 PROBES = ("dead_units", "dormant_units", "effective_rank", "stable_rank")
 
 
@@ -57,8 +64,12 @@ def table_rows(tables: Mapping[str, pd.DataFrame]) -> list[dict[str, Any]]:
             continue
         for (method, setting), runs in table.groupby(["method", "setting_id"], sort=True):
             per_run = [run_values(g) for _, g in runs.groupby("seed", sort=True)]
-            row: dict[str, Any] = {"experiment": experiment, "method": method, "setting": setting,
-                                   "seeds": len(per_run)}
+            row: dict[str, Any] = {
+                "experiment": experiment,
+                "method": method,
+                "setting": setting,
+                "seeds": len(per_run),
+            }
             for name in FORGETTING + PLASTICITY:
                 m, se = mean_se(np.array([v[name] for v in per_run], dtype=float))
                 row[name], row[f"{name}_se"] = m, se
@@ -88,7 +99,9 @@ def table_markdown(rows: list[dict[str, Any]], scale: str) -> str:
     for experiment in sorted({r["experiment"] for r in rows}):
         out += ["", f"## {experiment}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in rows if r["experiment"] == experiment):
-            cells = [r["method"], r["setting"], str(r["seeds"])] + [_cell(r, n) for n in FORGETTING + PLASTICITY]
+            cells = [r["method"], r["setting"], str(r["seeds"])] + [
+                _cell(r, n) for n in FORGETTING + PLASTICITY
+            ]
             out.append("| " + " | ".join(cells) + " |")
     if not rows:
         out += ["", "No task-sequence aggregate was given."]
@@ -97,7 +110,9 @@ def table_markdown(rows: list[dict[str, Any]], scale: str) -> str:
 
 def write_table(rows: list[dict[str, Any]], scale: str, md: Path, csv: Path) -> None:
     frame = pd.DataFrame(rows)
-    atomic_write(Path(csv), lambda tmp: tmp.write_bytes(frame.to_csv(index=False, float_format="%.6g").encode()))
+    atomic_write(
+        Path(csv), lambda tmp: tmp.write_bytes(frame.to_csv(index=False, float_format="%.6g").encode())
+    )
     atomic_write(Path(md), lambda tmp: tmp.write_bytes(table_markdown(rows, scale).encode()))
 
 
@@ -108,12 +123,3 @@ def cmd_cl_table(args) -> int:
     write_table(rows, args.scale, Path(args.md), Path(args.csv))
     print(f"{args.md}: {len(rows)} method setting(s)")
     return 0
-
-
-def register(sub) -> None:
-    c = sub.add_parser("cl-table", help="forgetting and plasticity metrics side by side (task-sequence experiments)")
-    c.add_argument("--agg", nargs="+", required=True, help="aggregates results/agg/<experiment>-<scale>.parquet")
-    c.add_argument("--scale", required=True)
-    c.add_argument("--md", required=True, help="markdown table to write")
-    c.add_argument("--csv", required=True, help="CSV table to write")
-    c.set_defaults(func=cmd_cl_table)

@@ -1,12 +1,26 @@
-"""``lop aggregate`` and ``lop figure ...`` subcommands (registered by `lop.cli`)."""
+"""``lop aggregate``, ``lop figure ...``, ``compare``, ``summary``, ``cl-table`` and ``budget-table``
+subcommands (registered by `lop.cli`). Registering them imports nothing heavy: each command imports
+its module (pandas, the plotting stack) when it runs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lop.analysis.registry import DEFAULT_REGISTRY
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command function that imports ``module`` only when it runs, then calls its ``name``."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), name)(args)
+
+    run.__name__ = name
+    return run
 
 
 def _expected_outputs(params_file: str, scale: str) -> list[str]:
@@ -88,7 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
     b.set_defaults(func=cmd_figure_build)
     bt = subparsers.add_parser("budget-table", help="budgeted_cl: every method vs naive at equal compute")
-    bt.add_argument("--agg", required=True, type=Path, help="aggregate, e.g. results/agg/budgeted_cl-demo.parquet")
+    bt.add_argument(
+        "--agg", required=True, type=Path, help="aggregate, e.g. results/agg/budgeted_cl-demo.parquet"
+    )
     bt.add_argument("--scale", required=True, help="scale of the aggregate")
     bt.add_argument("--md", required=True, type=Path)
     bt.add_argument("--csv", required=True, type=Path)
@@ -96,6 +112,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list", help="list the figures of the registry")
     ls.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY)
     ls.set_defaults(func=cmd_figure_list)
+
+    c = subparsers.add_parser("compare", help="ours vs the paper's published values, as markdown + CSV")
+    c.add_argument(
+        "--agg", nargs="+", required=True, help="aggregates results/agg/<experiment>-<scale>.parquet"
+    )
+    c.add_argument("--registry", default="params/figures.yaml")
+    c.add_argument("--scale", required=True)
+    c.add_argument("--md", required=True, help="markdown table to write")
+    c.add_argument("--csv", required=True, help="CSV table to write")
+    c.set_defaults(func=_lazy("lop.analysis.compare", "cmd_compare"))
+    s = subparsers.add_parser(
+        "summary", help="an experiment's metrics JSON and per-figure plot CSVs (for DVC)"
+    )
+    s.add_argument("--agg", required=True, help="the experiment's aggregate")
+    s.add_argument("--experiment", required=True)
+    s.add_argument("--registry", default="params/figures.yaml")
+    s.add_argument("--scale", required=True)
+    s.add_argument("--metrics", required=True, help="JSON file to write")
+    s.add_argument("--plots-dir", required=True, help="folder for <figure>.csv")
+    s.set_defaults(func=_lazy("lop.analysis.compare", "cmd_summary"))
+    t = subparsers.add_parser(
+        "cl-table", help="forgetting and plasticity metrics side by side (task-sequence experiments)"
+    )
+    t.add_argument(
+        "--agg", nargs="+", required=True, help="aggregates results/agg/<experiment>-<scale>.parquet"
+    )
+    t.add_argument("--scale", required=True)
+    t.add_argument("--md", required=True, help="markdown table to write")
+    t.add_argument("--csv", required=True, help="CSV table to write")
+    t.set_defaults(func=_lazy("lop.analysis.cl_table", "cmd_cl_table"))
 
 
 def _checked_aggregate(args: argparse.Namespace) -> int:

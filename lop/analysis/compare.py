@@ -24,7 +24,8 @@ import pandas as pd
 from lop.analysis.registry import FigureSpec, PanelSpec, Registry
 from lop.io import atomic_write
 
-if TYPE_CHECKING:  # the figure code (matplotlib, seaborn) is imported when a table is made, not by the CLI parser
+# the figure code (matplotlib, seaborn) is imported when a table is made, not by the CLI parser
+if TYPE_CHECKING:
     from lop.analysis.figures import Line
 
 COLUMNS = [
@@ -253,23 +254,3 @@ def cmd_summary(args) -> int:
     )
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
-
-
-def register(sub) -> None:
-    c = sub.add_parser("compare", help="ours vs the paper's published values, as markdown + CSV")
-    c.add_argument(
-        "--agg", nargs="+", required=True, help="aggregates results/agg/<experiment>-<scale>.parquet"
-    )
-    c.add_argument("--registry", default="params/figures.yaml")
-    c.add_argument("--scale", required=True)
-    c.add_argument("--md", required=True, help="markdown table to write")
-    c.add_argument("--csv", required=True, help="CSV table to write")
-    c.set_defaults(func=cmd_compare)
-    s = sub.add_parser("summary", help="an experiment's metrics JSON and per-figure plot CSVs (for DVC)")
-    s.add_argument("--agg", required=True, help="the experiment's aggregate")
-    s.add_argument("--experiment", required=True)
-    s.add_argument("--registry", default="params/figures.yaml")
-    s.add_argument("--scale", required=True)
-    s.add_argument("--metrics", required=True, help="JSON file to write")
-    s.add_argument("--plots-dir", required=True, help="folder for <figure>.csv")
-    s.set_defaults(func=cmd_summary)

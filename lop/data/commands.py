@@ -6,17 +6,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lop.data import cifar100, imagenet32, mnist, standins
-from lop.data.artifact import MANIFEST, verify_artifact
-from lop.data.raw import identify_raw
 from lop.errors import DataError
 
+# The dataset modules (numpy) are imported by the commands that use them, so that building the `lop`
+# parser stays light.
 DATASETS = ("mnist", "cifar100", "imagenet32")
-RAW_FILES: dict[str, dict[str, str | None]] = {
-    "mnist": dict(mnist.FILES),
-    "cifar100": {cifar100.ARCHIVE: cifar100.MD5},
-    "imagenet32": {imagenet32.ZIP_NAME: None},
-}
+
+
+def raw_files() -> dict[str, dict[str, str | None]]:
+    """The official raw file names of each dataset and their md5 (None: no published checksum)."""
+    from lop.data import cifar100, imagenet32, mnist
+
+    return {
+        "mnist": dict(mnist.FILES),
+        "cifar100": {cifar100.ARCHIVE: cifar100.MD5},
+        "imagenet32": {imagenet32.ZIP_NAME: None},
+    }
 
 
 def _non_negative(text: str) -> int:
@@ -34,6 +39,8 @@ def _positive(text: str) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
+    from lop.data import cifar100, imagenet32, mnist
+
     raw = Path(args.raw)
     if args.dataset == "mnist":
         paths = mnist.download_mnist(raw, args.url, timeout=args.timeout)
@@ -47,6 +54,9 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from lop.data import cifar100, imagenet32, mnist
+    from lop.data.artifact import verify_artifact
+
     raw, out = Path(args.raw), Path(args.out)
     if args.dataset != "imagenet32" and (args.image_folder or args.per_class or args.n_train):
         raise DataError(f"--image-folder/--per-class/--n-train apply to imagenet32 only, not {args.dataset}")
@@ -72,6 +82,8 @@ def _standin(args: argparse.Namespace) -> int:
             f"ok: stand-ins for the {len(mtil.ORDER_I)} MTIL datasets written to {Path(args.raw)}; NOT real data"
         )
         return 0
+    from lop.data import standins
+
     info = standins.write_standin(args.dataset, Path(args.raw), size=args.size, seed=args.seed)
     print(
         f"ok: {args.size} stand-in for {args.dataset} written to {Path(args.raw)} ({info.name}); NOT real data"
@@ -81,7 +93,11 @@ def _standin(args: argparse.Namespace) -> int:
 
 def verify_raw(raw_dir: Path) -> tuple[str, str]:
     """Identify and md5-check a raw folder; return ``(dataset, source)``."""
-    for dataset, files in RAW_FILES.items():
+    from lop.data import mnist
+    from lop.data.artifact import MANIFEST
+    from lop.data.raw import identify_raw
+
+    for dataset, files in raw_files().items():
         if all((raw_dir / name).is_file() for name in files):
             source, standin, _ = identify_raw(
                 raw_dir, files, dataset, missing="", fix=f"delete it and fetch or regenerate {dataset}"
@@ -95,6 +111,8 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from lop.data.artifact import MANIFEST, verify_artifact
+
     folder = Path(args.dir)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; give a data/prepared/<name> or data/raw/<name> folder")
