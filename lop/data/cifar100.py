@@ -207,3 +207,35 @@ def load_cifar100(prepared_dir: str | os.PathLike[str], *, verify: bool = True) 
     if len(out["train_labels"]) != n or idx.size != n or not np.array_equal(np.sort(idx), np.arange(n)):
         raise DataError(f"{prepared_dir}: train/validation indices do not partition the training set; {fix}")
     return out
+
+
+def verify_prepared(prepared_dir: str | os.PathLike[str], m: dict) -> None:
+    """Content checks of a prepared CIFAR-100 artifact beyond its sha256s (`lop data verify`): the layout
+    of every array, train/validation indices that partition the training set, and per-class counts equal
+    to the manifest's ``train_per_class`` / ``val_per_class`` / ``test_per_class`` (official: 450/50/100)."""
+    prepared_dir = Path(prepared_dir)
+    fix = f"re-run `{prepare_command(DATASET, prepared_dir)}`"
+    arrays = load_cifar100(prepared_dir, verify=False)
+    expected = {}
+    for key, default in (
+        ("train_per_class", TRAIN_PER_CLASS - VAL_PER_CLASS),
+        ("val_per_class", VAL_PER_CLASS),
+        ("test_per_class", TEST_PER_CLASS),
+    ):
+        value = m.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{prepared_dir / 'manifest.json'}: {key} must be a positive integer; {fix}")
+        expected[key] = value
+    train_labels = arrays["train_labels"]
+    for what, labels, key in (
+        ("train", train_labels[arrays["train_index"]], "train_per_class"),
+        ("validation", train_labels[arrays["val_index"]], "val_per_class"),
+        ("test", arrays["test_labels"], "test_per_class"),
+    ):
+        counts = np.bincount(labels, minlength=N_CLASSES)
+        if len(counts) != N_CLASSES or (counts != expected[key]).any():
+            c = int(np.argmax(counts != expected[key])) if len(counts) == N_CLASSES else len(counts) - 1
+            raise DataError(
+                f"{prepared_dir}: the {what} split has {int(counts[c])} images of class {c}, the manifest "
+                f"declares {key} = {expected[key]}; {fix}"
+            )

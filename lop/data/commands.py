@@ -92,40 +92,79 @@ def _standin(args: argparse.Namespace) -> int:
 
 
 def verify_raw(raw_dir: Path) -> tuple[str, str]:
-    """Identify and md5-check a raw folder; return ``(dataset, source)``."""
-    from lop.data import mnist
+    """Identify, md5-check and content-check a raw folder; return ``(dataset, source)``.
+
+    md5s alone only trust ``standin.json`` (a forger rewrites it with the file), so the content is
+    checked too: MNIST's IDX headers, sizes and labels; CIFAR-100 and ImageNet32 are converted into a
+    temporary artifact that is thrown away (record sizes, label ranges, per-class counts, batch shapes).
+    A stand-in of a pinned (dataset, seed, size) must also have its pinned md5s (`lop.data.standin_pins`).
+    """
+    import tempfile
+
+    from lop.data import cifar100, imagenet32, mnist
     from lop.data.artifact import MANIFEST
     from lop.data.raw import identify_raw
+    from lop.data.standin_pins import check_raw_standin
 
     for dataset, files in raw_files().items():
         if all((raw_dir / name).is_file() for name in files):
-            source, standin, _ = identify_raw(
+            source, standin, md5s = identify_raw(
                 raw_dir, files, dataset, missing="", fix=f"delete it and fetch or regenerate {dataset}"
             )
-            if dataset == "mnist":  # md5s alone trust standin.json; check the content too
+            if standin is not None:
+                check_raw_standin(raw_dir, standin, md5s)
+            if dataset == "mnist":
                 mnist.read_raw_arrays(raw_dir, *mnist.split_sizes(raw_dir, standin))
+            else:
+                prepare = (
+                    cifar100.prepare_cifar100 if dataset == "cifar100" else imagenet32.prepare_imagenet32
+                )
+                with tempfile.TemporaryDirectory(prefix="lop-verify-") as tmp:
+                    prepare(raw_dir, Path(tmp) / dataset)
             return dataset, source
     raise DataError(
-        f"{raw_dir}: neither a prepared artifact ({MANIFEST}) nor a raw folder of mnist/cifar100/imagenet32 files"
+        f"{raw_dir}: neither a prepared artifact ({MANIFEST}) nor a raw folder of mnist/cifar100/imagenet32 "
+        "files; give a data/prepared/<name> or data/raw/<name> folder"
     )
 
 
-def _verify(args: argparse.Namespace) -> int:
+def verify_prepared(folder: Path) -> dict[str, Any]:
+    """sha256, shape and dtype of every listed file, then the dataset's own content checks and, for an
+    artifact prepared from a pinned stand-in, the pinned sha256s; returns the manifest."""
+    from lop.data import cifar100, imagenet32, mnist
     from lop.data.artifact import MANIFEST, verify_artifact
+    from lop.data.standin_pins import check_prepared_standin
+
+    m: dict[str, Any] = verify_artifact(folder)
+    checks = {
+        "mnist": mnist.verify_prepared,
+        "cifar100": cifar100.verify_prepared,
+        "imagenet32": imagenet32.verify_prepared,
+    }
+    if m["dataset"] not in checks:
+        raise DataError(
+            f"{folder / MANIFEST}: unknown dataset {m['dataset']!r}; expected one of {', '.join(DATASETS)}"
+        )
+    checks[m["dataset"]](folder, m)
+    check_prepared_standin(folder, m)
+    return m
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lop.data.artifact import MANIFEST
 
     folder = Path(args.dir)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; give a data/prepared/<name> or data/raw/<name> folder")
     if (folder / MANIFEST).is_file():
-        m: dict[str, Any] = verify_artifact(folder)
-        if m["dataset"] not in DATASETS:
-            raise DataError(
-                f"{folder / MANIFEST}: unknown dataset {m['dataset']!r}; expected one of {', '.join(DATASETS)}"
-            )
-        print(f"ok: prepared {m['dataset']} ({m['source']}), {len(m['files'])} files verified in {folder}")
+        m = verify_prepared(folder)
+        print(
+            f"ok: prepared {m['dataset']} ({m['source']}), {len(m['files'])} files verified "
+            f"(sha256, layout, counts) in {folder}"
+        )
     else:
         dataset, source = verify_raw(folder)
-        print(f"ok: raw {dataset} ({source}) in {folder}, md5 verified")
+        print(f"ok: raw {dataset} ({source}) in {folder}, md5 and content verified")
     return 0
 
 

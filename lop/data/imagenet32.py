@@ -337,3 +337,33 @@ def load_imagenet32(
         check_layout(prepared_dir / class_file(c), a, (per_class, 3, 32, 32), "uint8", fix)
         images[i] = a
     return {"train_images": images[:, :n_train], "test_images": images[:, n_train:], "classes": cls}
+
+
+def verify_prepared(prepared_dir: str | os.PathLike[str], m: dict[str, Any]) -> None:
+    """Content checks of a prepared ImageNet32 artifact beyond its sha256s (`lop data verify`): positive
+    ``n_classes`` / ``per_class`` / ``n_train`` with ``n_train < per_class`` (and ``n_test`` their
+    difference), exactly the files ``class_0000.npy`` .. of ``n_classes`` classes, each uint8
+    ``[per_class, 3, 32, 32]`` (read memory-mapped, one class at a time)."""
+    prepared_dir = Path(prepared_dir)
+    where = prepared_dir / "manifest.json"
+    fix = f"re-run `{prepare_command(DATASET, prepared_dir)}`"
+    sizes = {}
+    for key in ("n_classes", "per_class", "n_train"):
+        value = m.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{where}: {key} must be a positive integer, got {value!r}; {fix}")
+        sizes[key] = value
+    n_classes, per_class, n_train = sizes["n_classes"], sizes["per_class"], sizes["n_train"]
+    if n_train >= per_class or m.get("n_test", per_class - n_train) != per_class - n_train:
+        raise DataError(
+            f"{where}: n_train {n_train}, n_test {m.get('n_test')!r} and per_class {per_class} disagree; {fix}"
+        )
+    expected = {class_file(c) for c in range(n_classes)}
+    listed = set(m.get("files") or {})
+    if listed != expected:
+        odd = sorted(listed ^ expected)[0]
+        what = "is missing" if odd in expected else "is not a class file of the declared classes"
+        raise DataError(f"{prepared_dir / odd}: {what} (n_classes = {n_classes}); {fix}")
+    for c in range(n_classes):
+        a = load_array(prepared_dir, m, class_file(c), verify=False, mmap=True, fix=fix)
+        check_layout(prepared_dir / class_file(c), a, (per_class, 3, 32, 32), "uint8", fix)

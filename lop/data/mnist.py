@@ -162,3 +162,17 @@ def load_mnist(prepared_dir: str | os.PathLike[str], *, verify: bool = True) -> 
         if len(out[f"{split}_images"]) != len(out[f"{split}_labels"]):
             raise DataError(f"{prepared_dir}: {split} images and labels differ in length; {fix}")
     return out
+
+
+def verify_prepared(prepared_dir: str | os.PathLike[str], m: dict[str, Any]) -> None:
+    """Content checks of a prepared MNIST artifact beyond its sha256s (`lop data verify`): the layout of
+    the four arrays and split sizes equal to the manifest's ``n_train`` / ``n_test`` (official 60000/10000)."""
+    prepared_dir = Path(prepared_dir)
+    arrays = load_mnist(prepared_dir, verify=False)
+    for split, default in (("train", N_TRAIN), ("test", N_TEST)):
+        declared = m.get(f"n_{split}", default)
+        if len(arrays[f"{split}_labels"]) != declared:
+            raise DataError(
+                f"{prepared_dir}: the {split} split holds {len(arrays[f'{split}_labels'])} images, the manifest "
+                f"declares n_{split} = {declared!r}; re-run `{prepare_command(DATASET, prepared_dir)}`"
+            )
