@@ -20,7 +20,8 @@ settings are the cartesian product of the grid lists. A patch is merged into the
 mappings merge key by key, any other value (a list, a number) replaces, and ``null`` deletes the key.
 The presets file's methods are merged the same way under the file's own ``methods:``. `load_params`
 validates everything (the problem against the experiment's dataclass, every grid point against
-`MethodConfig` and against the keys the experiment supports) before any job is planned.
+`MethodConfig` and against the keys the experiment supports) before any job is planned, from
+`lop.experiments.schemas` alone: validating a params file imports no torch.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
 from lop.errors import ConfigError
-from lop.experiments.base import RunSpec, check_supported, get_experiment
+from lop.experiments.schemas import RunSpec, check_supported, get_schema
 from lop.limits import (
     check_memory,
     check_run_count,
@@ -421,8 +422,10 @@ def _check_job_memory(
 
 
 def get_experiment_checked(name: str, where: str):
+    """The experiment's schema (`lop.experiments.schemas`: problem dataclass and supported method keys,
+    no torch); `ConfigError` at `where` naming the known experiments."""
     try:
-        return get_experiment(name)
+        return get_schema(name)
     except ConfigError as e:
         raise ConfigError(where, str(e).split(": ", 1)[-1]) from None
 

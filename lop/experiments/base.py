@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
@@ -13,8 +12,25 @@ from typing import Any, ClassVar
 
 import torch
 
-from lop.config import MethodConfig, static_fields
+from lop.config import static_fields
 from lop.errors import ConfigError
+
+# RunSpec, set_method_keys and check_supported are torch-free (params validation uses them): they live in
+# lop.experiments.schemas and are re-exported here.
+from lop.experiments.schemas import RunSpec, check_supported, set_method_keys
+
+__all__ = [
+    "ExperimentSpec",
+    "MetricBlock",
+    "RunSpec",
+    "Trainer",
+    "check_packable",
+    "check_supported",
+    "experiments",
+    "flatten_tensors",
+    "get_experiment",
+    "set_method_keys",
+]
 
 
 @dataclass
@@ -24,17 +40,6 @@ class MetricBlock:
     name: str
     steps: torch.Tensor
     values: torch.Tensor
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a group: a (method, setting, seed) with its resolved method config."""
-
-    method: str
-    setting_id: str
-    setting: dict[str, Any]
-    config: MethodConfig
-    seed: int
 
 
 class Trainer(ABC):
@@ -131,30 +136,6 @@ class ExperimentSpec:
     description: str = ""
     needs_data: tuple[str, ...] = field(default_factory=tuple)
     supports: frozenset[str] = field(default_factory=frozenset)
-
-
-def set_method_keys(config: MethodConfig) -> list[str]:
-    """The `MethodConfig` keys `config` sets to something other than their defaults."""
-    out = []
-    for f in dataclasses.fields(config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if getattr(config, f.name) != default:
-            out.append(f.name)
-    return out
-
-
-def check_supported(spec: ExperimentSpec, config: MethodConfig, where: str) -> None:
-    """Raise `ConfigError` at ``<where>.<key>`` for the first method key `spec` does not support,
-    naming the experiments that do."""
-    for key in set_method_keys(config):
-        if key in spec.supports:
-            continue
-        others = sorted(name for name, e in experiments().items() if key in e.supports)
-        hint = f"experiments that support it: {', '.join(others)}" if others else "no experiment supports it"
-        raise ConfigError(
-            f"{where}.{key}",
-            f"not supported by experiment {spec.name} (it would be ignored); remove it ({hint})",
-        )
 
 
 def check_packable(runs: Sequence[RunSpec], where: str = "runs") -> None:

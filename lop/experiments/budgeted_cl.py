@@ -33,9 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -45,10 +43,11 @@ from lop.algos import samplers as smp
 from lop.algos.distillation import DistillHook
 from lop.algos.fc_correction import CorrectedNet, fit_bic, weight_align
 from lop.algos.method_layer import MethodContext, supported_keys
-from lop.config import MethodConfig, SamplerConfig, check, to_dict
+from lop.config import MethodConfig, SamplerConfig, to_dict
 from lop.data.augment import cifar_test_transform, cifar_train_transform
 from lop.errors import CheckpointError, ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import BudgetedCLProblem
 from lop.metrics import dormant_units, rank_metrics, weight_magnitude
 from lop.nets.feature_mlp import FeatureMLP
 from lop.nets.resnet import ResNet18
@@ -71,68 +70,19 @@ OWN_KEYS = frozenset({"sampler", "distill", "fc_correction"})
 POINTS = frozenset({"loss_terms", "edit_grads", "after_step"})
 ITER_STRIDE = 1 << 20  # counter of iteration i of step t: t·ITER_STRIDE + i
 PRETRAIN_FIELDS = (
-    "dataset", "data_dir", "n_classes", "train_per_class", "width", "depth", "image_size", "augment",
-    "pretrain_seed", "pretrain_epochs", "pretrain_lr", "pretrain_batch",
+    "dataset",
+    "data_dir",
+    "n_classes",
+    "train_per_class",
+    "width",
+    "depth",
+    "image_size",
+    "augment",
+    "pretrain_seed",
+    "pretrain_epochs",
+    "pretrain_lr",
+    "pretrain_batch",
 )
-
-
-@dataclass(frozen=True)
-class BudgetedCLProblem:
-    """Problem settings; defaults are the small-scale CIFAR-100 protocol (docs/protocols/budgeted_cl.md)."""
-
-    dataset: Literal["cifar100", "digits"] = "cifar100"
-    data_dir: str = "data/prepared/cifar100"
-    n_classes: int = 100
-    scenario: Literal["class", "data"] = "class"
-    n_steps: int = 10
-    iterations: int = 35  # C: ≈ 2 passes over a step's 2,250 new examples at B = 128
-    batch_size: int = 128
-    budget_factor: float = 1.0
-    train_per_class: int = 450
-    test_per_class: int = 100
-    store_logits: bool = False
-    val_per_class: int = 10  # BiC: held-out stored examples per class
-    augment: bool = True
-    image_size: Literal[32, 16, 8] = 32
-    width: int = 64  # ResNet-18 stage-1 channels / MLP hidden units
-    depth: int = 2  # MLP hidden layers (digits)
-    pretrained: str = ""  # checkpoint of `lop pretrain`; "" = pretrain in the process
-    pretrain_seed: int = 0
-    pretrain_epochs: int = 30
-    pretrain_lr: float = 0.1
-    pretrain_batch: int = 128
-    probe_examples: int = 500
-    eval_batch: int = 500
-    verify_data: bool = True
-
-    def validate(self) -> list[tuple[str, str]]:
-        n_stream = self.n_classes - self.n_classes // 2
-        top = 10 if self.dataset == "digits" else 100
-        return (
-            check(2 <= self.n_classes <= top, "n_classes", f"must be within [2, {top}] for {self.dataset}")
-            + check(self.n_steps >= 1, "n_steps", "must be >= 1")
-            + check(
-                self.scenario != "class" or n_stream % self.n_steps == 0,
-                "n_steps",
-                f"class-incremental steps must split the {n_stream} stream classes evenly",
-            )
-            + check(
-                self.scenario != "data" or n_stream * self.train_per_class >= self.n_steps,
-                "n_steps",
-                "more data-incremental steps than stream examples",
-            )
-            + check(self.iterations >= 1, "iterations", "must be >= 1 (the budget is iterations × batch_size)")
-            + check(self.batch_size >= 1, "batch_size", "must be >= 1")
-            + check(self.budget_factor > 0, "budget_factor", "the budget must be > 0 (e.g. 0.25, 1, 4)")
-            + check(min(self.train_per_class, self.test_per_class) >= 1, "train_per_class", "must be >= 1")
-            + check(self.val_per_class >= 1, "val_per_class", "must be >= 1")
-            + check(self.width >= 1 and self.depth >= 1, "width", "width and depth must be >= 1")
-            + check(self.pretrain_epochs >= 1, "pretrain_epochs", "must be >= 1")
-            + check(self.pretrain_lr > 0, "pretrain_lr", "must be > 0")
-            + check(self.pretrain_batch >= 1, "pretrain_batch", "must be >= 1")
-            + check(self.probe_examples >= 2, "probe_examples", "must be >= 2")
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
-        )
 
 
 # ---- data and network ---------------------------------------------------------------------------------
@@ -141,8 +91,13 @@ def load_pool(p: BudgetedCLProblem, device: torch.device) -> PoolData:
         d = load_digits_pool(p.train_per_class, p.test_per_class, device)
         return PoolData(d.train[: p.n_classes], d.test[: p.n_classes], False, True)
     d = load_cifar_tensors(
-        p.data_dir, device, train_per_class=p.train_per_class, val_per_class=1,
-        test_per_class=p.test_per_class, n_classes=100, verify=p.verify_data,
+        p.data_dir,
+        device,
+        train_per_class=p.train_per_class,
+        val_per_class=1,
+        test_per_class=p.test_per_class,
+        n_classes=100,
+        verify=p.verify_data,
     )
     return PoolData(d.train[: p.n_classes], d.test[: p.n_classes], True, d.stand_in)
 
@@ -153,7 +108,9 @@ def build_net(p: BudgetedCLProblem, streams: RunStreams) -> FeatureMLP | ResNet1
     return ResNet18(streams, n_classes=p.n_classes, width=p.width)
 
 
-def inputs(p: BudgetedCLProblem, pool: PoolData, x: torch.Tensor, streams: RunStreams | None, counter: int) -> torch.Tensor:
+def inputs(
+    p: BudgetedCLProblem, pool: PoolData, x: torch.Tensor, streams: RunStreams | None, counter: int
+) -> torch.Tensor:
     """Network inputs of raw examples ``[S, B, ...]``: images augmented (with streams) or clean."""
     if not pool.images:
         return x
@@ -226,7 +183,7 @@ def load_pretrained(p: BudgetedCLProblem, device: torch.device) -> dict[str, tor
         raise ConfigError(
             "problem.pretrained",
             f"{path} does not exist; create it with `lop pretrain --params <file> --scale <scale>` "
-            "(the pipeline's pretrain rule) or set pretrained: \"\" to pretrain in the run",
+            '(the pipeline\'s pretrain rule) or set pretrained: "" to pretrain in the run',
         )
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
@@ -244,7 +201,9 @@ def load_pretrained(p: BudgetedCLProblem, device: torch.device) -> dict[str, tor
 def _shared(configs: Sequence[MethodConfig], key: str):
     values = [getattr(c, key) for c in configs]
     if any(v != values[0] for v in values[1:]):
-        raise ConfigError(key, "runs of one batch must share this setting (it sets the step's iterations); split the method")
+        raise ConfigError(
+            key, "runs of one batch must share this setting (it sets the step's iterations); split the method"
+        )
     return values[0]
 
 
@@ -269,14 +228,17 @@ class BudgetedCLTrainer(Trainer):
             )
         if self.fc is not None and self.fc.kind in ("wa", "bic") and p.scenario != "class":
             raise ConfigError(
-                "fc_correction.kind", f"{self.fc.kind} corrects new classes' outputs: it needs scenario: class"
+                "fc_correction.kind",
+                f"{self.fc.kind} corrects new classes' outputs: it needs scenario: class",
             )
         self.streams = RunStreams([r.seed for r in runs], device)
         self.pool = load_pool(p, device)
         self.stand_in = self.pool.stand_in
         self.net = build_net(p, self.streams)
         pre = load_pretrained(p, device)
-        self.net.load_state_dict({k: v.expand(s, *v.shape[1:]).clone() for k, v in pre.items()}, "pretrained network")
+        self.net.load_state_dict(
+            {k: v.expand(s, *v.shape[1:]).clone() for k, v in pre.items()}, "pretrained network"
+        )
         self.head = CorrectedNet(self.net, self.fc, s, device)
         self.learner = TaskSequenceLearner(self.head, configs, self.streams)
         self.distill: DistillHook | None = None
@@ -304,7 +266,11 @@ class BudgetedCLTrainer(Trainer):
         if self.fc is not None and self.fc.kind == "bic":
             fixed += self.p.val_per_class * self.stream.n_seen(t)
         return step_budget(
-            self.p.iterations, self.p.batch_size, self.p.budget_factor, fixed, smp.extra_forward_per_example(self.sampler)
+            self.p.iterations,
+            self.p.batch_size,
+            self.p.budget_factor,
+            fixed,
+            smp.extra_forward_per_example(self.sampler),
         )
 
     # ---- forward passes outside training ---------------------------------------------------------
@@ -426,7 +392,9 @@ class BudgetedCLTrainer(Trainer):
         rank = (onehot.cumsum(1) * onehot).sum(-1) - 1  # position of each example within its class
         held = rank < self.p.val_per_class
         # the same number of held-out examples per run: the first val_per_class of every seen class
-        order = torch.sort((~held).to(torch.int8), dim=1, stable=True).indices[:, : self.p.val_per_class * n_seen]
+        order = torch.sort((~held).to(torch.int8), dim=1, stable=True).indices[
+            :, : self.p.val_per_class * n_seen
+        ]
         rows = torch.arange(self.streams.n, device=order.device).unsqueeze(1)
         self.head.bic_range.copy_(torch.tensor([0, 0]))
         logits = self.forward_logits(st.index[rows, order], n_seen)
@@ -472,7 +440,10 @@ class BudgetedCLTrainer(Trainer):
         stream_acc = acc.gather(1, seen_stream).mean(1)
         n_all = st.n_pre + seen_stream.shape[1]
         seen_acc = (pre * st.n_pre + stream_acc * seen_stream.shape[1]) / n_all
-        blocks += [self.metric("stream_accuracy", step, stream_acc), self.metric("seen_accuracy", step, seen_acc)]
+        blocks += [
+            self.metric("stream_accuracy", step, stream_acc),
+            self.metric("seen_accuracy", step, seen_acc),
+        ]
         if self.p.scenario == "class":
             for j in range(step):
                 blocks.append(self.metric(cl_metrics.task_metric(j + 1), step, self.R[:, step, j]))

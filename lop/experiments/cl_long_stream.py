@@ -8,25 +8,10 @@ long enough to see whether a method that protects old tasks (SI, EWC, replay) ke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 from lop.experiments.base import ExperimentSpec
 from lop.experiments.cl_permuted_mnist import EXPERIMENT as PERMUTED
-from lop.experiments.cl_permuted_mnist import CLPermutedMNISTProblem, CLPermutedMNISTTrainer
-
-
-@dataclass(frozen=True)
-class CLLongStreamProblem(CLPermutedMNISTProblem):
-    """`CLPermutedMNISTProblem` with the long stream's defaults."""
-
-    dataset: Literal["mnist", "digits"] = "digits"
-    n_tasks: int = 100
-    width: int = 100
-    epochs_per_task: int = 3
-    batch_size: int = 64
-    probe_examples: int = 360
-
+from lop.experiments.cl_permuted_mnist import CLPermutedMNISTTrainer
+from lop.experiments.schemas import CLLongStreamProblem
 
 EXPERIMENT = ExperimentSpec(
     name="cl_long_stream",

@@ -12,58 +12,25 @@ is tested on its permuted MNIST test set before training and after every task
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from lop.algos.method_layer import supported_keys
-from lop.config import check
 from lop.experiments.base import ExperimentSpec, RunSpec
+from lop.experiments.schemas import CLPermutedMNISTProblem
 from lop.nets.mlp_classifier import MLPClassifier
-from lop.problems.cl_tasks import Scenario, TaskSequenceTrainer, load_flat_digits, permuted_tasks
+from lop.problems.cl_tasks import TaskSequenceTrainer, load_flat_digits, permuted_tasks
 from lop.problems.den_tasks import with_den
 from lop.problems.task_sequence import TaskSequenceLearner
 from lop.rng import RunStreams
 
 
-@dataclass(frozen=True)
-class CLPermutedMNISTProblem:
-    """Problem settings; defaults are Zenke et al.'s permuted-MNIST protocol."""
-
-    dataset: Literal["mnist", "digits"] = "mnist"
-    data_dir: str = "data/prepared/mnist"
-    n_train: int = 0  # training examples used (0 = all: 60,000 MNIST / 1,437 digits)
-    n_test: int = 0  # test examples used (0 = all: 10,000 MNIST / 360 digits)
-    n_tasks: int = 10
-    width: int = 2000
-    depth: int = 2
-    activation: Literal["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "selu"] = "relu"
-    init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
-    scenario: Scenario = "domain"
-    epochs_per_task: int = 20
-    batch_size: int = 256
-    reset_optimizer: bool = False  # zero the optimiser state at every task start
-    probe_examples: int = 500
-    eval_batch: int = 2000
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.n_train >= 0, "n_train", "must be >= 0 (0 = all)")
-            + check(self.n_test >= 0, "n_test", "must be >= 0 (0 = all)")
-            + check(self.n_tasks > 0, "n_tasks", "must be > 0")
-            + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
-        )
-
-
 class CLPermutedMNISTTrainer(TaskSequenceTrainer):
     """Permuted (MNIST or digits) tasks on a seed-batched MLP; unit = one task."""
 
-    def __init__(self, problem: CLPermutedMNISTProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
+    def __init__(
+        self, problem: CLPermutedMNISTProblem, runs: Sequence[RunSpec], device: torch.device
+    ) -> None:
         p = self.p = problem
         streams = RunStreams([r.seed for r in runs], device)
         xs, ys, xt, yt, self.stand_in = load_flat_digits(p.dataset, p.data_dir, p.n_train, p.n_test, device)
@@ -71,9 +38,16 @@ class CLPermutedMNISTTrainer(TaskSequenceTrainer):
         n_out = self.n_outputs(p.scenario, p.n_tasks, data.k)
         net = MLPClassifier([xs.shape[1]] + [p.width] * p.depth + [n_out], p.activation, streams, init=p.init)
         self.setup(
-            data, net, runs, streams,
-            scenario=p.scenario, epochs_per_task=p.epochs_per_task, batch_size=p.batch_size,
-            probe_examples=p.probe_examples, eval_batch=p.eval_batch, reset_optimizer=p.reset_optimizer,
+            data,
+            net,
+            runs,
+            streams,
+            scenario=p.scenario,
+            epochs_per_task=p.epochs_per_task,
+            batch_size=p.batch_size,
+            probe_examples=p.probe_examples,
+            eval_batch=p.eval_batch,
+            reset_optimizer=p.reset_optimizer,
         )
 
 

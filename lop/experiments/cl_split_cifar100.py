@@ -12,52 +12,17 @@ prepared CIFAR-100 stand-in (``data_dir: data/prepared/cifar100-standin``), reco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lop.algos.method_layer import supported_keys
-from lop.config import check
 from lop.experiments.base import ExperimentSpec, RunSpec
+from lop.experiments.schemas import CLSplitCIFAR100Problem
 from lop.nets.convnet import ConvNet
-from lop.problems.cl_tasks import Scenario, TaskSequenceTrainer, split_tasks
+from lop.problems.cl_tasks import TaskSequenceTrainer, split_tasks
 from lop.problems.task_sequence import TaskSequenceLearner
 from lop.rng import RunStreams
-
-
-@dataclass(frozen=True)
-class CLSplitCIFAR100Problem:
-    """Problem settings; defaults are the 10 × 10 split of CIFAR-100 with Zenke et al.'s schedule."""
-
-    data_dir: str = "data/prepared/cifar100"
-    n_tasks: int = 10
-    classes_per_task: int = 10
-    train_per_class: int = 0  # training images per class used (0 = all 500)
-    test_per_class: int = 0  # test images per class used (0 = all 100)
-    scenario: Scenario = "task"
-    epochs_per_task: int = 60
-    batch_size: int = 256
-    reset_optimizer: bool = True
-    probe_examples: int = 500
-    eval_batch: int = 1000
-    verify_data: bool = True
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.classes_per_task >= 2, "classes_per_task", "must be >= 2")
-            + check(
-                0 < self.n_tasks * self.classes_per_task <= 100,
-                "n_tasks",
-                "n_tasks × classes_per_task must be within 1..100 (the classes)",
-            )
-            + check(self.train_per_class >= 0, "train_per_class", "must be >= 0 (0 = all)")
-            + check(self.test_per_class >= 0, "test_per_class", "must be >= 0 (0 = all)")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
-        )
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -75,7 +40,9 @@ def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 class CLSplitCIFAR100Trainer(TaskSequenceTrainer):
     """Split CIFAR-100 tasks on the seed-batched ConvNet; unit = one task."""
 
-    def __init__(self, problem: CLSplitCIFAR100Problem, runs: Sequence[RunSpec], device: torch.device) -> None:
+    def __init__(
+        self, problem: CLSplitCIFAR100Problem, runs: Sequence[RunSpec], device: torch.device
+    ) -> None:
         from lop.data.artifact import prepared_stand_in
         from lop.data.cifar100 import DATASET, load_cifar100
 
@@ -90,14 +57,25 @@ class CLSplitCIFAR100Trainer(TaskSequenceTrainer):
             return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
         data = split_tasks(
-            put(a["train_images"][tr]), put(ys[tr]), put(a["test_images"][te]), put(yt[te]),
-            p.n_tasks, p.classes_per_task,
+            put(a["train_images"][tr]),
+            put(ys[tr]),
+            put(a["test_images"][te]),
+            put(yt[te]),
+            p.n_tasks,
+            p.classes_per_task,
         )
         net = ConvNet(streams, self.n_outputs(p.scenario, p.n_tasks, data.k))
         self.setup(
-            data, net, runs, streams,
-            scenario=p.scenario, epochs_per_task=p.epochs_per_task, batch_size=p.batch_size,
-            probe_examples=p.probe_examples, eval_batch=p.eval_batch, reset_optimizer=p.reset_optimizer,
+            data,
+            net,
+            runs,
+            streams,
+            scenario=p.scenario,
+            epochs_per_task=p.epochs_per_task,
+            batch_size=p.batch_size,
+            probe_examples=p.probe_examples,
+            eval_batch=p.eval_batch,
+            reset_optimizer=p.reset_optimizer,
         )
 
 

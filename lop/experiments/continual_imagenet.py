@@ -17,15 +17,13 @@ The whole dataset lives on the training device as uint8; all S runs of a group t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from lop.algos.method_layer import supported_keys
-from lop.config import check, optional_field
 from lop.errors import DataError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import ContinualImageNetProblem
 from lop.metrics import weight_magnitude
 from lop.nets.convnet import build_imagenet_net
 from lop.problems.image_tasks import (
@@ -39,42 +37,6 @@ from lop.problems.image_tasks import (
 from lop.rng import RunStreams
 
 INPUT_SCALES = {"unit": 1.0 / 255.0, "raw": 1.0}
-
-
-@dataclass(frozen=True)
-class ContinualImageNetProblem:
-    """Problem settings; defaults are the paper's protocol (docs/protocols/continual_imagenet.md)."""
-
-    data_dir: str = "data/prepared/imagenet32"
-    n_tasks: int = 5000
-    epochs_per_task: int = 250
-    batch_size: int = 100
-    classes_per_task: int = 2
-    n_classes: int = 0  # 0 = every class of the prepared artifact (1000)
-    train_per_class: int = 600
-    test_per_class: int = 100
-    input_scale: Literal["unit", "raw"] = "unit"
-    head_reset_clears_momentum: bool = False
-    verify_data: bool = True
-    channels_last: bool = True
-    # "fresh": a new seeded class permutation every n_classes // classes_per_task tasks; "repeat": block
-    # 0's permutation for every block, as the reference code ran it (docs/protocols/reference-differences.md)
-    class_order: Literal["fresh", "repeat"] = optional_field("fresh")
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.n_tasks > 0, "n_tasks", "must be > 0")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.classes_per_task >= 2, "classes_per_task", "must be >= 2")
-            + check(
-                self.n_classes == 0 or self.n_classes >= self.classes_per_task,
-                "n_classes",
-                "must be 0 (all) or >= classes_per_task",
-            )
-            + check(self.train_per_class > 0, "train_per_class", "must be > 0")
-            + check(self.test_per_class > 0, "test_per_class", "must be > 0")
-        )
 
 
 class ContinualImageNetTrainer(Trainer):

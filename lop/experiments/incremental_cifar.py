@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from lop.algos.method_layer import supported_keys
-from lop.config import check, optional_field
 from lop.data.augment import cifar_test_transform, cifar_train_transform
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import IncrementalCifarProblem
 from lop.metrics import rank_metrics, weight_magnitude
 from lop.nets.resnet import ResNet18
 from lop.problems.image_tasks import (
@@ -61,89 +59,6 @@ from lop.problems.image_tasks import (
 from lop.rng import RunStreams
 
 RANKS = ("effective_rank", "abs_approximate_rank", "approximate_rank", "stable_rank")
-
-
-@dataclass(frozen=True)
-class IncrementalCifarProblem:
-    """Problem settings; defaults are the paper's protocol (docs/protocols/incremental_cifar.md)."""
-
-    data_dir: str = "data/prepared/cifar100"
-    n_classes: int = 100
-    classes_start: int = 5
-    classes_per_increment: int = 5
-    n_increments: int = 20
-    epochs_per_increment: int = 200
-    batch_size: int = 90
-    train_per_class: int = 450
-    val_per_class: int = 50
-    test_per_class: int = 100
-    lr_milestones: tuple[int, ...] = (60, 120, 160)
-    lr_factors: tuple[float, ...] = (0.2, 0.04, 0.008)
-    early_stopping: bool = True
-    augment: bool = True
-    flip_p: float = 0.5
-    crop_padding: int = 4
-    rotation_degrees: tuple[float, float] = (0.0, 15.0)
-    # nearest-neighbour as the reference's torchvision rotation; bilinear smooths (earlier default)
-    rotation_interpolation: Literal["nearest", "bilinear"] = "nearest"
-    image_size: Literal[32, 16, 8] = 32
-    width: int = 64  # ResNet-18 stem/stage-1 channels; stages width·(1, 2, 4, 8), features 8·width
-    resnet_init: Literal["reference", "torchvision"] = "reference"
-    cbp_scope: Literal["chain", "block_internal"] = "chain"
-    retrain_resets_running_stats: bool = True
-    reset_optimizer_on_reinit: bool = True
-    probe_images: int = 1000
-    dormant_threshold: float = 0.01
-    eval_batch: int = 500
-    verify_data: bool = True
-    channels_last: bool = True
-    # also evaluate on augmented test images (the reference's test accuracy), under distinct metric names
-    augmented_test: bool = optional_field(False)
-    # the validation hold-out: the "last" images of each class in file order (the prepared artifact's
-    # split) or the "first" ones, as the reference code split it (docs/protocols/reference-differences.md)
-    validation_split: Literal["last", "first"] = optional_field("last")
-    # BatchNorm during the probes (dormant units, ranks): "eval" (running statistics) or "train" (each
-    # probe batch's own statistics, as the reference's analysis ran; the running statistics are restored)
-    probe_bn: Literal["eval", "train"] = optional_field("eval")
-
-    @property
-    def n_epochs(self) -> int:
-        return self.n_increments * self.epochs_per_increment
-
-    def validate(self) -> list[tuple[str, str]]:
-        last = self.classes_start + (self.n_increments - 1) * self.classes_per_increment
-        return (
-            check(self.classes_start > 0, "classes_start", "must be > 0")
-            + check(self.classes_per_increment >= 0, "classes_per_increment", "must be >= 0")
-            + check(self.n_increments > 0, "n_increments", "must be > 0")
-            + check(
-                last <= self.n_classes <= 100,
-                "n_classes",
-                f"must be <= 100 and hold classes_start + (n_increments - 1) * classes_per_increment = {last}",
-            )
-            + check(self.epochs_per_increment > 0, "epochs_per_increment", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.width >= 1, "width", "must be >= 1 (64 is the paper's ResNet-18)")
-            + check(
-                min(self.train_per_class, self.val_per_class, self.test_per_class) > 0,
-                "train_per_class",
-                "train/val/test images per class must be > 0",
-            )
-            + check(
-                len(self.lr_milestones) == len(self.lr_factors)
-                and list(self.lr_milestones) == sorted(self.lr_milestones)
-                and all(0 < m < self.epochs_per_increment for m in self.lr_milestones),
-                "lr_milestones",
-                "need increasing epochs inside an increment, one per lr_factors entry",
-            )
-            + check(all(f > 0 for f in self.lr_factors), "lr_factors", "must be > 0")
-            + check(0.0 <= self.flip_p <= 1.0, "flip_p", "must be within [0, 1]")
-            + check(0 <= self.crop_padding < 32, "crop_padding", "must be within [0, 32)")
-            + check(self.rotation_degrees[0] <= self.rotation_degrees[1], "rotation_degrees", "low <= high")
-            + check(self.probe_images > 0, "probe_images", "must be > 0")
-            + check(0.0 <= self.dormant_threshold <= 1.0, "dormant_threshold", "must be within [0, 1]")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
-        )
 
 
 class IncrementalCifarTrainer(Trainer):

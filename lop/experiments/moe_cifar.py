@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from lop.algos.adamw import RunAdamW
 from lop.algos.ddas import TaskAutoencoders, select_routes
-from lop.config import MoEAdaptersConfig, check
+from lop.config import MoEAdaptersConfig
 from lop.errors import ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
+from lop.experiments.schemas import MoECifar20Problem, MoECifar50Problem, MoECifarProblem
 from lop.nets.clip import (
     ARCHS,
     encode_image,
@@ -66,54 +65,108 @@ CLASS_ORDER_1993 = (
     40, 30, 23, 85, 2, 95, 56, 48, 71, 64, 98, 13, 99, 7, 34, 55, 54, 26, 35, 39,
 )  # fmt: skip
 # CIFAR-100 fine label names, label order
-CIFAR100_NAMES = ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm"]
-
-
-@dataclass(frozen=True)
-class MoECifarProblem:
-    """Problem settings; defaults are the paper's protocol at 10 steps (docs/protocols/moe_cifar.md)."""
-
-    data_dir: str = "data/prepared/cifar100"
-    n_steps: int = 10
-    n_classes: int = 100  # the first n_classes of the class order (fewer only for small scales)
-    epochs_per_step: int = 1
-    batch_size: int = 128
-    train_per_class: int = 450
-    val_per_class: int = 50  # the 50 validation images of the prepared split are trained on too
-    test_per_class: int = 100
-    backbone: Literal["vit_b16", "tiny"] = "vit_b16"
-    weights: str = "data/clip/ViT-B-16.pt"
-    vocab: str = "data/clip/bpe_simple_vocab_16e6.txt.gz"
-    tokenizer: Literal["bpe", "bytes"] = "bpe"
-    backbone_seed: int = 0  # the random tiny backbone (shared by all runs)
-    prompt: str = "a bad photo of a {}."
-    eval_batch: int = 250
-    verify_data: bool = True
-
-    @property
-    def classes_per_step(self) -> int:
-        return self.n_classes // self.n_steps
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.n_steps >= 1, "n_steps", "must be >= 1")
-            + check(
-                1 <= self.n_classes <= 100 and self.n_classes % max(self.n_steps, 1) == 0,
-                "n_classes",
-                f"must be within [1, 100] and a multiple of n_steps = {self.n_steps}",
-            )
-            + check(self.epochs_per_step >= 1, "epochs_per_step", "must be >= 1")
-            + check(self.batch_size >= 1, "batch_size", "must be >= 1")
-            + check(min(self.train_per_class, self.test_per_class) >= 1, "train_per_class", "train/test images per class must be >= 1")
-            + check(self.val_per_class >= 1, "val_per_class", "must be >= 1 (the prepared split's validation images)")
-            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
-            + check(
-                self.backbone == "tiny" or self.tokenizer == "bpe",
-                "tokenizer",
-                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
-            )
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
-        )
+CIFAR100_NAMES = [
+    "apple",
+    "aquarium_fish",
+    "baby",
+    "bear",
+    "beaver",
+    "bed",
+    "bee",
+    "beetle",
+    "bicycle",
+    "bottle",
+    "bowl",
+    "boy",
+    "bridge",
+    "bus",
+    "butterfly",
+    "camel",
+    "can",
+    "castle",
+    "caterpillar",
+    "cattle",
+    "chair",
+    "chimpanzee",
+    "clock",
+    "cloud",
+    "cockroach",
+    "couch",
+    "crab",
+    "crocodile",
+    "cup",
+    "dinosaur",
+    "dolphin",
+    "elephant",
+    "flatfish",
+    "forest",
+    "fox",
+    "girl",
+    "hamster",
+    "house",
+    "kangaroo",
+    "keyboard",
+    "lamp",
+    "lawn_mower",
+    "leopard",
+    "lion",
+    "lizard",
+    "lobster",
+    "man",
+    "maple_tree",
+    "motorcycle",
+    "mountain",
+    "mouse",
+    "mushroom",
+    "oak_tree",
+    "orange",
+    "orchid",
+    "otter",
+    "palm_tree",
+    "pear",
+    "pickup_truck",
+    "pine_tree",
+    "plain",
+    "plate",
+    "poppy",
+    "porcupine",
+    "possum",
+    "rabbit",
+    "raccoon",
+    "ray",
+    "road",
+    "rocket",
+    "rose",
+    "sea",
+    "seal",
+    "shark",
+    "shrew",
+    "skunk",
+    "skyscraper",
+    "snail",
+    "snake",
+    "spider",
+    "squirrel",
+    "streetcar",
+    "sunflower",
+    "sweet_pepper",
+    "table",
+    "tank",
+    "telephone",
+    "television",
+    "tiger",
+    "tractor",
+    "train",
+    "trout",
+    "tulip",
+    "turtle",
+    "wardrobe",
+    "whale",
+    "willow_tree",
+    "wolf",
+    "woman",
+    "worm",
+]
 
 
 def cosine_factor(step: int, total: int, warmup: int) -> float:
@@ -151,7 +204,11 @@ class MoECifarTrainer(Trainer):
         s = len(runs)
         cfgs = [r.config.moe_adapters or MoEAdaptersConfig() for r in runs]
         for k, c in enumerate(cfgs[1:], 1):
-            differ = [f for f in c.__dataclass_fields__ if f != "balance_weight" and getattr(c, f) != getattr(cfgs[0], f)]
+            differ = [
+                f
+                for f in c.__dataclass_fields__
+                if f != "balance_weight" and getattr(c, f) != getattr(cfgs[0], f)
+            ]
             if differ:
                 raise ConfigError(
                     f"runs ({runs[0].setting_id!r} vs {runs[k].setting_id!r}).moe_adapters.{differ[0]}",
@@ -185,7 +242,9 @@ class MoECifarTrainer(Trainer):
             verify=problem.verify_data,
         )
         self.stand_in = data.stand_in
-        self.train_x = torch.cat([data.train, data.val], dim=1)[self.order]  # [C, n, 3, 32, 32], order position
+        self.train_x = torch.cat([data.train, data.val], dim=1)[
+            self.order
+        ]  # [C, n, 3, 32, 32], order position
         self.test_x = data.test[self.order]
         self.n_units = problem.n_steps
         self.c = problem.classes_per_step
@@ -209,15 +268,23 @@ class MoECifarTrainer(Trainer):
             self.model: MoEAdapters | TensorHolder = self.adapters  # params, usage counts, frozen experts
         elif cfg.mode == "full_finetune":
             per_run = {
-                k: v.expand(s, *v.shape).clone().requires_grad_(True) for k, v in self.frozen.items() if k != "logit_scale"
+                k: v.expand(s, *v.shape).clone().requires_grad_(True)
+                for k, v in self.frozen.items()
+                if k != "logit_scale"
             }
             self.model = TensorHolder(per_run)
         else:
             self.model = TensorHolder()
         c0 = runs[0].config
         self.opt = RunAdamW(self.model.params, lr, c0.betas, c0.eps, wd)
-        self.ae = TaskAutoencoders(self.streams, problem.n_steps, self.arch.embed_dim) if cfg.ddas != "off" else TensorHolder()
-        self.acc = torch.full((s, problem.n_steps + 1, problem.n_steps), float("nan"), dtype=torch.float64, device=device)
+        self.ae = (
+            TaskAutoencoders(self.streams, problem.n_steps, self.arch.embed_dim)
+            if cfg.ddas != "off"
+            else TensorHolder()
+        )
+        self.acc = torch.full(
+            (s, problem.n_steps + 1, problem.n_steps), float("nan"), dtype=torch.float64, device=device
+        )
         self.init_divergence(s, device)
 
     # ---- the model ---------------------------------------------------------------------------------
@@ -226,7 +293,9 @@ class MoECifarTrainer(Trainer):
             return {**self.frozen, **self.model.params}
         return self.frozen
 
-    def embed(self, images: torch.Tensor, tokens: torch.Tensor, adapters: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self, images: torch.Tensor, tokens: torch.Tensor, adapters: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised image ``[S, B, e]`` and text ``[S, C, e]`` embeddings."""
         hook = self.adapters if adapters and self.adapters is not None else None
         w = self.weights()
@@ -266,9 +335,16 @@ class MoECifarTrainer(Trainer):
                 self.adapters.ctx.noise, self.adapters.ctx.step = True, u * self.iters + it
             img, txt = self.embed(x_flat[idx], tokens, adapters=True)
             logits = self.logit_scale() * torch.bmm(img, txt.transpose(1, 2))  # [S, B, c]
-            ce = F.cross_entropy(
-                logits.flatten(0, 1), y_flat[idx].flatten(), reduction="none", label_smoothing=self.cfg.label_smoothing
-            ).view(s, -1).mean(1)
+            ce = (
+                F.cross_entropy(
+                    logits.flatten(0, 1),
+                    y_flat[idx].flatten(),
+                    reduction="none",
+                    label_smoothing=self.cfg.label_smoothing,
+                )
+                .view(s, -1)
+                .mean(1)
+            )
             bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
             loss = ce + self.balance_weight * bal
             bad = ~torch.isfinite(loss)
@@ -348,7 +424,9 @@ class MoECifarTrainer(Trainer):
             if ad is not None and use:
                 ad.ctx.route, ad.ctx.step = route, bi
             img = F.normalize(encode_image(images, w, self.arch, ad if use else None), dim=-1)
-            t = torch.gather(txt, 1, (route + 1)[:, :, None, None].expand(-1, -1, *txt.shape[2:]))  # [S, B, C, e]
+            t = torch.gather(
+                txt, 1, (route + 1)[:, :, None, None].expand(-1, -1, *txt.shape[2:])
+            )  # [S, B, C, e]
             logits = torch.einsum("sbe,sbce->sbc", img, t)
             correct[:, i : i + xb.shape[0]] = (logits.argmax(-1) == yb[None]).to(correct.dtype)
         if ad is not None:
@@ -397,21 +475,6 @@ class MoECifarTrainer(Trainer):
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return dict(self.model.params)
-
-
-@dataclass(frozen=True)
-class MoECifar20Problem(MoECifarProblem):
-    """The 20-step protocol (5 classes per task)."""
-
-    n_steps: int = 20
-
-
-@dataclass(frozen=True)
-class MoECifar50Problem(MoECifarProblem):
-    """The 50-step protocol (2 classes per task, batch 64)."""
-
-    n_steps: int = 50
-    batch_size: int = 64
 
 
 def build(problem: MoECifarProblem, runs: Sequence[RunSpec], device: torch.device) -> Trainer:

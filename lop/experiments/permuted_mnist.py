@@ -28,55 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from lop import metrics
 from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import PermutedMNISTProblem
 from lop.nets.mlp import BatchedMLP
 from lop.rng import RunStreams
-
-
-@dataclass(frozen=True)
-class PermutedMNISTProblem:
-    """Problem settings; defaults are the paper's protocol (docs/protocols/permuted_mnist.md)."""
-
-    dataset: Literal["mnist", "digits"] = "mnist"
-    data_dir: str = "data/prepared/mnist"
-    n_examples: int = 0  # examples of the dataset used (0 = all: 60,000 MNIST / 1,797 digits)
-    examples_per_task: int = 0  # the "change rate" (0 = one pass over the examples)
-    n_tasks: int = 800
-    width: int = 2000
-    depth: int = 3
-    activation: Literal["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "selu"] = "relu"
-    init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
-    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
-    output_gain: Literal["activation", "linear"] = optional_field("activation")
-    unit_examples: int = 10_000  # checkpoint granularity; must divide examples_per_task
-    chunk: int = 1_000  # examples gathered at once (memory/speed trade-off only)
-    probe_examples: int = 2000
-    probe_every: int = 1  # tasks between probes (0 = never)
-    # task-average weight magnitude sampled every k examples (0 = off); see the module docstring
-    weight_magnitude_every: int = optional_field(0)
-    # also log effective rank as a fraction of width and dead units pooled over layers
-    reference_internals: bool = optional_field(False)
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.n_examples >= 0, "n_examples", "must be >= 0")
-            + check(self.examples_per_task >= 0, "examples_per_task", "must be >= 0")
-            + check(self.n_tasks > 0, "n_tasks", "must be > 0")
-            + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.unit_examples > 0, "unit_examples", "must be > 0")
-            + check(self.chunk > 0, "chunk", "must be > 0")
-            + check(self.probe_examples > 0 and self.probe_every >= 0, "probe_examples", "must be > 0")
-            + check(self.weight_magnitude_every >= 0, "weight_magnitude_every", "must be >= 0 (0 = off)")
-        )
 
 
 def load_dataset(problem: PermutedMNISTProblem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +201,6 @@ class PermutedMNISTTrainer(Trainer):
             units = sum(h.shape[-1] for h in cache.post)
             out.append(MetricBlock("dead_units_pooled", steps, (dead / units).unsqueeze(1)))
         return out
-
 
 
 EXPERIMENT = ExperimentSpec(

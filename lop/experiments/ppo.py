@@ -22,148 +22,19 @@ are NaN.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
 
 import torch
 
 from lop import metrics
 from lop.algos.method_layer import supported_keys
-from lop.config import check, optional_field
-from lop.envs import BatchedEnvs, EnvConfig
-from lop.errors import ConfigError
+from lop.envs import BatchedEnvs
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import AntProblem, MujocoProblem, PPOProblem, SlipperyAntProblem
 from lop.rl.agent import GaussianAgent
-from lop.rl.ppo import PPOLearner, PPOSettings, UpdateResult, collect_rollout
+from lop.rl.ppo import PPOLearner, UpdateResult, collect_rollout
 from lop.rng import RunStreams
-
-EnvName = Literal["ant", "slippery_ant", "hopper", "walker2d"]
-_ENV_KEYS = {f.name for f in fields(EnvConfig)} - {"name"}
-
-
-@dataclass(frozen=True)
-class PPOProblem:
-    """Problem settings of the PPO experiments; defaults are docs/protocols/ppo.md (subclasses set env/steps).
-
-    Environment (`lop.envs.EnvConfig`): ``env``, ``max_episode_steps``, ``friction_low``/``high``,
-    ``change_every``, ``friction_mix``, ``clip_actions``, ``sim_kwargs``. PPO: ``total_steps`` per run
-    (the last update may overshoot: ⌈total/rollout⌉ updates), ``rollout``, ``epochs``, ``minibatch``
-    (must divide the rollout), ``gamma``, ``lam``, ``clip``, ``value_coef``, ``truncation_as_terminal``
-    (GAE at a time-limit end: False bootstraps from V(final observation), True treats it as terminal
-    as the reference code did). Agent: ``hidden`` sizes,
-    ``log_std_init``. Internals: every ``internals_every`` updates on the last ``probe_steps`` steps,
-    dormant = active on ≤ ``dormant_threshold`` of them, rank threshold ``rank_threshold``.
-    """
-
-    env: EnvName = "ant"
-    max_episode_steps: int = 1000
-    friction_low: float = 0.02
-    friction_high: float = 2.0
-    change_every: int = 2_000_000
-    friction_mix: Literal["all", "floor", "max"] = "all"
-    clip_actions: bool = False
-    sim_kwargs: dict[str, Any] = field(default_factory=dict)
-    total_steps: int = 50_000_000
-    rollout: int = 2048
-    epochs: int = 10
-    minibatch: int = 128
-    gamma: float = 0.99
-    lam: float = 0.95
-    clip: float = 0.2
-    value_coef: float = 1.0
-    # time-limit truncation in GAE: bootstrap (default) or terminal, as the reference (`PPOSettings`)
-    truncation_as_terminal: bool = optional_field(False)
-    hidden: tuple[int, ...] = (256, 256)
-    log_std_init: float = 0.0
-    internals_every: int = 10
-    probe_steps: int = 1000
-    dormant_threshold: float = 0.01
-    rank_threshold: float = 0.99
-
-    def env_config(self) -> EnvConfig:
-        """The `EnvConfig` of these settings (raises `ConfigError` keyed ``env.<field>``)."""
-        return EnvConfig(name=self.env, **{k: getattr(self, k) for k in _ENV_KEYS})
-
-    def ppo_settings(self) -> PPOSettings:
-        """The PPO hyperparameters among these settings (same field names as `PPOSettings`)."""
-        return PPOSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PPOSettings)})
-
-    @property
-    def n_updates(self) -> int:
-        return math.ceil(self.total_steps / self.rollout)
-
-    def validate(self) -> list[tuple[str, str]]:
-        errors = (
-            check(self.total_steps > 0, "total_steps", "must be > 0")
-            + check(self.rollout > 0, "rollout", "env steps per update must be > 0")
-            + check(self.epochs > 0, "epochs", "must be > 0")
-            + check(self.minibatch > 0, "minibatch", "must be > 0")
-            + check(
-                self.rollout <= 0 or self.minibatch <= 0 or self.rollout % self.minibatch == 0,
-                "minibatch",
-                f"must divide the rollout ({self.rollout} steps); e.g. 128 for 2048",
-            )
-            + check(0.0 < self.gamma <= 1.0, "gamma", "must be within (0, 1]")
-            + check(0.0 <= self.lam <= 1.0, "lam", "must be within [0, 1]")
-            + check(self.clip > 0.0, "clip", "must be > 0")
-            + check(self.value_coef >= 0.0, "value_coef", "must be >= 0")
-            + check(
-                len(self.hidden) > 0 and all(h > 0 for h in self.hidden),
-                "hidden",
-                "need >= 1 layer, sizes > 0",
-            )
-            + check(self.internals_every > 0, "internals_every", "must be > 0")
-            + check(
-                0 < self.probe_steps <= max(self.rollout, 1),
-                "probe_steps",
-                f"must be within [1, rollout={self.rollout}]",
-            )
-            + check(0.0 <= self.dormant_threshold <= 1.0, "dormant_threshold", "must be within [0, 1]")
-            + check(0.0 < self.rank_threshold <= 1.0, "rank_threshold", "must be within (0, 1]")
-        )
-        return errors + self._env_errors()
-
-    def _env_errors(self) -> list[tuple[str, str]]:
-        try:
-            config = self.env_config()
-        except ConfigError as e:
-            key = e.where.removeprefix("env.")
-            key = "env" if key == "name" else key
-            return [(key, str(e).removeprefix(f"{e.where}: "))]
-        from lop.envs.mujoco_envs import _sim_class, _sim_kwargs
-
-        try:
-            _sim_kwargs(config, _sim_class(config.name))
-        except ConfigError as e:
-            return [("sim_kwargs", str(e).removeprefix(f"{e.where}: "))]
-        return []
-
-
-@dataclass(frozen=True)
-class SlipperyAntProblem(PPOProblem):
-    """Fig. 3: slippery Ant, friction redrawn every 2M steps, 20M steps per run."""
-
-    env: EnvName = "slippery_ant"
-    total_steps: int = 20_000_000
-
-
-@dataclass(frozen=True)
-class AntProblem(PPOProblem):
-    """Fig. 4: stationary Ant, 50M steps per run."""
-
-    env: EnvName = "ant"
-    total_steps: int = 50_000_000
-
-
-@dataclass(frozen=True)
-class MujocoProblem(PPOProblem):
-    """Extended Data Fig. 5: Hopper / Walker2d (``env``), 50M steps (the length the paper leaves open)."""
-
-    env: EnvName = "hopper"
-    total_steps: int = 50_000_000
 
 
 class PPOTrainer(Trainer):

@@ -3,57 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from lop.algos.method_layer import supported_keys
 from lop.algos.online import OnlineMLPLearner
-from lop.config import check, optional_field
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.schemas import SCRProblem
 from lop.nets.mlp import BatchedMLP
 from lop.problems.scr import LTUTarget, SlowlyChangingInputs
 from lop.rng import RunStreams
-
-Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "swish", "selu"]
-
-
-@dataclass(frozen=True)
-class SCRProblem:
-    """Problem settings; defaults are the paper's protocol (docs/protocols/scr.md)."""
-
-    n_examples: int = 1_000_000
-    flip_every: int = 10_000
-    variant: Literal["one_bit", "resample_all"] = "one_bit"
-    n_slow: int = 15
-    n_fast: int = 5
-    target_hidden: int = 100
-    beta: float = 0.7
-    hidden: int = 5
-    activation: Activation = "relu"
-    init: Literal["kaiming_uniform", "lecun_uniform", "torch_default"] = "kaiming_uniform"
-    # Kaiming gain of the linear output layer: the hidden activation's (default) or 1 (the reference's)
-    output_gain: Literal["activation", "linear"] = optional_field("activation")
-    # hidden init of a SELU learner: as `init` (default) or PyTorch's default U(±1/√n), the reference's
-    # (its SCR net initialises sigmoid/tanh/ReLU/leaky-ReLU/swish/ELU units explicitly, SELU units not)
-    selu_hidden_init: Literal["as_init", "torch_default"] = optional_field("as_init")
-    bin_size: int = 20_000
-    chunk: int = 10_000
-
-    def validate(self) -> list[tuple[str, str]]:
-        return (
-            check(self.n_examples > 0, "n_examples", "must be > 0")
-            + check(self.flip_every > 0, "flip_every", "must be > 0")
-            + check(self.n_slow > 0 and self.n_fast >= 0, "n_slow", "need n_slow > 0 and n_fast >= 0")
-            + check(self.hidden > 0 and self.target_hidden > 0, "hidden", "layer sizes must be > 0")
-            + check(
-                self.bin_size > 0 and self.n_examples % self.bin_size == 0,
-                "bin_size",
-                "must divide n_examples",
-            )
-            + check(self.chunk > 0 and self.bin_size % self.chunk == 0, "chunk", "must divide bin_size")
-        )
 
 
 class SCRTrainer(Trainer):

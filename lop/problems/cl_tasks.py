@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -47,7 +46,6 @@ from lop.experiments.base import MetricBlock, RunSpec, Trainer
 from lop.problems.task_sequence import TaskSequenceLearner, task_label_mask
 from lop.rng import RunStreams
 
-Scenario = Literal["task", "domain", "class"]
 SCENARIOS: tuple[str, ...] = ("task", "domain", "class")
 
 
@@ -193,7 +191,9 @@ class TaskSequenceTrainer(Trainer):
         return k if scenario == "domain" else n_tasks * k
 
     # ---- data ------------------------------------------------------------------------------------
-    def gather(self, split: Split, rows: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(
+        self, split: Split, rows: torch.Tensor, tasks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Examples of per-run rows ``[S, B]`` of tasks ``[S, B]`` (0-based): (x ``[S, B, ...]``, y ``[S, B]``)."""
         x = split.x[rows]
         if self.data.perms is not None:
@@ -288,7 +288,10 @@ class TaskSequenceTrainer(Trainer):
                 pred = self.learner.predict(x, y, self.n_logits(max(trained, j + 1)))
                 correct += (pred == y).sum(1, dtype=torch.float64)
             self.matrix[:, trained, j] = correct / len(rows)
-        return [self.metric(cl_metrics.task_metric(j + 1), trained, self.matrix[:, trained, j]) for j in range(len(test.rows))]
+        return [
+            self.metric(cl_metrics.task_metric(j + 1), trained, self.matrix[:, trained, j])
+            for j in range(len(test.rows))
+        ]
 
     def probe_batch(self, task: int, split: Split) -> torch.Tensor:
         rows = split.rows[task][: self.probe_examples].expand(self.streams.n, -1)
