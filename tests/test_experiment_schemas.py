@@ -19,3 +19,11 @@ def test_every_experiment_has_its_schema():
             f"{sorted(spec.supports)} (missing {sorted(spec.supports - schema.supports)}, "
             f"extra {sorted(schema.supports - spec.supports)})"
         )
+
+
+def test_mtil_order_is_the_data_layers():
+    """The torch-free copy of MTIL Order I (problem defaults) is the data layer's."""
+    from lop.data.mtil import ORDER_I
+    from lop.experiments.schemas import MTIL_ORDER_I
+
+    assert MTIL_ORDER_I == ORDER_I

@@ -614,6 +614,73 @@ class MujocoProblem(PPOProblem):
     total_steps: int = 50_000_000
 
 
+# MTIL Order I (= `lop.data.mtil.ORDER_I`, which the data layer reads; a test checks they agree)
+MTIL_ORDER_I = (
+    "aircraft",
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "flowers",
+    "food",
+    "mnist",
+    "pets",
+    "cars",
+    "sun397",
+)
+# the published per-task learning rates divided by the method's 1e-3 (Order I)
+PAPER_LR_FACTORS = (5.0, 1.0, 5.0, 1.0, 0.1, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class MoEMtilProblem:
+    """Problem settings; defaults are the published MTIL Order I protocol (docs/protocols/moe_mtil.md)."""
+
+    data_dir: str = "data/prepared/mtil"
+    datasets: tuple[str, ...] = MTIL_ORDER_I
+    iterations: int = 1000
+    batch_size: int = 64
+    lr_factors: tuple[float, ...] = PAPER_LR_FACTORS
+    train_limit: int = 0  # images per task kept for training (0 = all; else evenly spaced over the file)
+    test_limit: int = 0  # the same for the test images
+    backbone: Literal["vit_b16", "tiny"] = "vit_b16"
+    weights: str = "data/clip/ViT-B-16.pt"
+    vocab: str = "data/clip/bpe_simple_vocab_16e6.txt.gz"
+    tokenizer: Literal["bpe", "bytes"] = "bpe"
+    backbone_seed: int = 0  # the random tiny backbone (shared by all runs)
+    prompt: str = "a photo of a {}."
+    eval_batch: int = 250
+    verify_data: bool = True
+
+    def validate(self) -> list[tuple[str, str]]:
+        unknown = [d for d in self.datasets if d not in MTIL_ORDER_I]
+        return (
+            check(
+                len(self.datasets) >= 1 and not unknown,
+                "datasets",
+                f"must be names from {', '.join(MTIL_ORDER_I)}",
+            )
+            + check(len(set(self.datasets)) == len(self.datasets), "datasets", "must not repeat a dataset")
+            + check(
+                len(self.lr_factors) == len(self.datasets) and all(f > 0 for f in self.lr_factors),
+                "lr_factors",
+                f"needs one positive factor per dataset ({len(self.datasets)})",
+            )
+            + check(self.iterations >= 1, "iterations", "must be >= 1")
+            + check(self.batch_size >= 1, "batch_size", "must be >= 1")
+            + check(
+                min(self.train_limit, self.test_limit) >= 0, "train_limit", "limits must be >= 0 (0 = all)"
+            )
+            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
+            + check(
+                self.backbone == "tiny" or self.tokenizer == "bpe",
+                "tokenizer",
+                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
+            )
+            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+        )
+
+
 @dataclass(frozen=True)
 class ExperimentSchema:
     """What validation needs of an experiment: its problem dataclass and the `MethodConfig` keys it
@@ -649,6 +716,7 @@ SCHEMAS: dict[str, ExperimentSchema] = {
         ExperimentSchema("moe_cifar", MoECifarProblem, _MOE),
         ExperimentSchema("moe_cifar_20", MoECifar20Problem, _MOE),
         ExperimentSchema("moe_cifar_50", MoECifar50Problem, _MOE),
+        ExperimentSchema("moe_mtil", MoEMtilProblem, _MOE),
         ExperimentSchema("permuted_mnist", PermutedMNISTProblem, _MINIBATCH | {"arch"}),
         ExperimentSchema("ppo_ant", AntProblem, _PPO),
         ExperimentSchema("ppo_mujoco", MujocoProblem, _PPO),
