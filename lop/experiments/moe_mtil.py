@@ -45,6 +45,7 @@ from lop.data.mtil import MtilDataset, load_mtil_dataset
 from lop.errors import ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
 from lop.experiments.moe_cifar import TensorHolder, cosine_factor
+from lop.experiments.schemas import PAPER_LR_FACTORS as PAPER_LR_FACTORS  # re-exported
 from lop.experiments.schemas import MoEMtilProblem
 from lop.nets.clip import (
     ARCHS,
