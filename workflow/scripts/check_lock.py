@@ -34,9 +34,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 # The CI subset must rebuild in a few minutes: the demo stand-in data stages (CIFAR-100 and ImageNet32
-# stand-ins, generated and prepared: 36 s of CPU). No training stage is that cheap at demo scale (one PPO
-# Ant job alone is ~14 min on a loaded 2-core machine, cl_split_mnist's 38 jobs far more); check those
-# with --stages train_<experiment> (docs/reliability.md).
+# stand-ins, generated and prepared: 36 s of CPU). No training stage is that cheap at demo scale
+# (train_cl_split_mnist: 447 s of CPU over 38 jobs; one of train_ppo_ant's 5 jobs ~14 min on a loaded
+# 2-core machine); check those with --stages train_<experiment> (docs/reliability.md).
 STAGES = ("standin",)
 FIX = "run `dvc repro` and commit dvc.lock"
 KEYS = ("md5", "size", "nfiles")
