@@ -317,3 +317,29 @@ def test_pin_table_is_current(tmp_path):
     from lop.data.standin_pins import compute_pins
 
     assert compute_pins(tmp_path) == PINS
+
+
+@pytest.mark.parametrize(
+    "dataset, key, value",
+    [
+        ("cifar100", "train_bin_per_class", "abc"),
+        ("cifar100", "val_per_class", None),
+        ("imagenet32", "n_classes", None),
+        ("imagenet32", "per_class", "70"),
+        ("mnist", "n_train", 1.5),
+    ],
+)
+def test_standin_json_sizes_that_are_not_integers_are_one_error(copy, dataset, key, value):
+    """A hand-edited standin.json (sizes of the wrong type, seed changed so it is not pinned) stops
+    `lop data verify` and `lop data prepare` with one line naming the file and key, not a traceback."""
+    from lop.cli import main
+
+    raw = copy(f"raw_{dataset}")
+    info = json.loads((raw / STANDIN_JSON).read_text())
+    info.update({key: value, "seed": 7})
+    (raw / STANDIN_JSON).write_text(json.dumps(info))
+    assert_caught(raw, STANDIN_JSON, key)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["data", "prepare", dataset, "--raw", str(raw), "--out", str(raw.parent / "out")])
+    assert code == 2 and STANDIN_JSON in err.getvalue() and "Traceback" not in err.getvalue()

@@ -29,7 +29,7 @@ from lop.data.artifact import (
     read_manifest,
 )
 from lop.data.download import download, safe_extract_tar
-from lop.data.raw import identify_raw
+from lop.data.raw import identify_raw, standin_size
 from lop.errors import DataError
 
 DATASET = "cifar100"
@@ -124,9 +124,12 @@ def prepare_cifar100(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike
         missing=_missing(raw_dir),
         fix=f"delete it and run `lop data download cifar100 --raw {raw_dir}`",
     )
-    train_pc = TRAIN_PER_CLASS if standin is None else int(standin["train_bin_per_class"])
-    test_pc = TEST_PER_CLASS if standin is None else int(standin["test_per_class"])
-    val_pc = VAL_PER_CLASS if standin is None else int(standin["val_per_class"])
+    if standin is None:
+        train_pc, test_pc, val_pc = TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS
+    else:  # the stand-in's sizes, checked: 0 < val_per_class < train_bin_per_class
+        train_pc = standin_size(standin, "train_bin_per_class", raw_dir, 10 * TRAIN_PER_CLASS)
+        test_pc = standin_size(standin, "test_per_class", raw_dir, 10 * TEST_PER_CLASS)
+        val_pc = standin_size(standin, "val_per_class", raw_dir, train_pc - 1 if train_pc > 1 else 1)
     work = Path(tempfile.mkdtemp(prefix=".cifar100.", suffix=".extract", dir=raw_dir))
     try:
         safe_extract_tar(raw_dir / ARCHIVE, work)

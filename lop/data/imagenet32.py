@@ -38,7 +38,7 @@ from lop.data.artifact import (
     prepare_command,
     read_manifest,
 )
-from lop.data.raw import identify_raw
+from lop.data.raw import identify_raw, standin_size
 from lop.errors import DataError
 
 DATASET = "imagenet32"
@@ -291,9 +291,13 @@ def prepare_imagenet32(
         missing=licence_help(raw_dir, out_dir),
         fix="download it again",
     )
-    n_classes = N_CLASSES if standin is None else int(standin["n_classes"])
-    per_class = per_class or (PER_CLASS if standin is None else int(standin["per_class"]))
-    n_train = n_train or (N_TRAIN if standin is None else int(standin["n_train"]))
+    n_classes = N_CLASSES if standin is None else standin_size(standin, "n_classes", raw_dir, N_CLASSES)
+    per_class = per_class or (
+        PER_CLASS if standin is None else standin_size(standin, "per_class", raw_dir, 10 * PER_CLASS)
+    )
+    n_train = n_train or (
+        N_TRAIN if standin is None else standin_size(standin, "n_train", raw_dir, 10 * N_TRAIN)
+    )
     _check_split(per_class, n_train)
     return prepare_imagenet32_from_zip(
         raw_dir / ZIP_NAME,

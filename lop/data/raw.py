@@ -61,3 +61,15 @@ def identify_raw(
         f"{raw_dir / name}: md5 {md5s[name]} matches neither the official {official[name]}{extra}; the file "
         f"is corrupt or not the expected one: {fix}"
     )
+
+
+def standin_size(info: dict[str, Any], key: str, raw_dir: Path, maximum: int) -> int:
+    """A size ``standin.json`` records (``n_classes``, ``per_class``, ...): an integer in 1..``maximum``,
+    else a `DataError` naming the file and key (a hand-edited or forged file must not crash the reader)."""
+    value = info.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise DataError(
+            f"{Path(raw_dir) / STANDIN_JSON}: {key} must be an integer in 1..{maximum}, got {value!r}; "
+            "regenerate the stand-in with `lop data standin`"
+        )
+    return value
