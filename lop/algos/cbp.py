@@ -60,10 +60,20 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
 #   does not depend on the slicing;
 # * column sums (`out_magnitude`, an outer reduction whose summation order torch picks from the layout,
 #   and which slicing the column axis can change) write |w| into a persistent scratch buffer with w's
-#   layout and reduce it with the very same `sum` call.
+#   layout and reduce it with the very same `sum` call;
+# * `abs_stats` computes both for an MLP weight ``[S, m, n]`` in one read of w (see there).
 # tests/test_cbp.py checks bit-equality with the plain formulas.
 CHUNK_BYTES = 4 * 2**20
 UNIT_GROUP = 64
+# `abs_stats`: torch's single-threaded CPU column sum of a row-major [m, n] block adds the rows of each
+# column in blocks of CASCADE (a running sum from 0), block sums in groups of CASCADE, group sums in
+# groups of CASCADE again, and finally (((rows after the last whole block) + open group) + open level-2
+# sum) + level-3 sum; columns after the last multiple of TAIL_COLUMNS take another route. Chunks of
+# CASCADE²·2^k rows of |w| (within CHUNK_ROWS_BYTES, cache-sized) are reduced in exactly that order.
+CASCADE = 16
+TAIL_COLUMNS = 32
+CHUNK_ROWS_BYTES = 2**21
+_ORDER_CHECKED: dict[tuple[int, int, torch.dtype], bool] = {}
 
 
 def _unit_slices(t: torch.Tensor, dim: int) -> list[tuple[int, int]]:
@@ -105,6 +115,103 @@ def in_magnitude(in_weight: torch.Tensor) -> torch.Tensor:
     for j0, j1 in slices:
         out[:, j0:j1] = in_weight[:, j0:j1].abs().flatten(2).mean(-1)
     return out
+
+
+def _chunk_rows(n: int, element_size: int) -> int:
+    """Rows of |w| per chunk in `abs_stats`: CASCADE²·2^k (chunks tile the summation groups), the
+    largest within CHUNK_ROWS_BYTES, at least CASCADE²."""
+    rows = CASCADE * CASCADE
+    while 2 * rows * n * element_size <= CHUNK_ROWS_BYTES:
+        rows *= 2
+    return rows
+
+
+def _abs_stats_chunked(w: torch.Tensor, rows: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`abs_stats` by chunks of rows (the caller checked that the order reproduces torch's)."""
+    n_runs, m, n = w.shape
+    step = min(_chunk_rows(n, w.element_size()), m)
+    col = w.new_empty(n_runs, n)
+    row = w.new_empty(n_runs, m) if rows else None
+    buf = w.new_empty(step, n)
+    blocks = w.new_empty(step // CASCADE, n)  # sums of the whole blocks of CASCADE rows of a chunk
+    groups = w.new_empty(max(1, step // CASCADE**2), n)  # sums of CASCADE whole blocks
+    level2, level3 = w.new_empty(n), w.new_empty(n)
+    tail = m % CASCADE
+    for s in range(n_runs):
+        ws, out = w[s], col[s]
+        level2.zero_()
+        level3.zero_()
+        for r0 in range(0, m, step):
+            r1 = min(r0 + step, m)
+            a = torch.abs(ws[r0:r1], out=buf[: r1 - r0])
+            if row is not None:
+                torch.mean(a, 1, out=row[s, r0:r1])
+            k = (r1 - r0) // CASCADE
+            g = k // CASCADE
+            if k:
+                torch.sum(a[: k * CASCADE].view(k, CASCADE, n), 1, out=blocks[:k])
+            if g:
+                torch.sum(blocks[: g * CASCADE].view(g, CASCADE, n), 1, out=groups[:g])
+            for j in range(g):
+                level2.add_(groups[j])
+                if (r0 + (j + 1) * CASCADE**2) % CASCADE**3 == 0:
+                    level3.add_(level2)
+                    level2.zero_()
+            if r1 == m:  # last chunk: the open group (< CASCADE blocks) and the rows after the last block
+                if tail:
+                    torch.sum(a[r1 - r0 - tail :], 0, out=out)
+                else:
+                    out.zero_()
+                if k > g * CASCADE:
+                    out.add_(torch.sum(blocks[g * CASCADE : k], 0, out=groups[0]))
+        out.add_(level2).add_(level3)
+    n0 = n // TAIL_COLUMNS * TAIL_COLUMNS
+    if n0 < n:  # columns torch sums another way: the plain formula on that thin slice
+        col[:, n0:] = w[:, :, n0:].abs().sum(1)
+    return col, row
+
+
+def _order_matches(m: int, n: int, dtype: torch.dtype) -> bool:
+    """Whether `_abs_stats_chunked` equals the plain formulas for ``[·, m, n]`` on this machine and torch
+    (checked once per shape on a fixed, non-random test matrix; False sends `abs_stats` the plain way)."""
+    key = (m, n, dtype)
+    if key not in _ORDER_CHECKED:
+        k = torch.arange(m * n, dtype=torch.float64)
+        probe = (torch.frac(k * 0.6180339887498949 + torch.frac(k * k * 1e-7)) - 0.5).to(dtype).view(1, m, n)
+        col, row = _abs_stats_chunked(probe, True)
+        _ORDER_CHECKED[key] = torch.equal(col, probe.abs().sum(1)) and torch.equal(
+            row, probe.abs().flatten(2).mean(-1)
+        )
+    return _ORDER_CHECKED[key]
+
+
+def abs_stats(
+    w: torch.Tensor, rows: bool, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Σ_k |w[k, i]| ``[S, n]``, mean_j |w[i, j]| ``[S, m]`` if `rows`) of a weight ``[S, m, n]`` (or
+    ``[S, m, n, *rest]``: column sums over m and rest), bit-identical to `out_magnitude`/`in_magnitude`.
+
+    Large contiguous 3-D weights on a CPU running one thread are read once: chunks of rows small enough
+    for the L2 cache get |w| written there, row means taken, and their columns summed in the order
+    torch's `sum` would use on the whole matrix (`_abs_stats_chunked`, verified per shape by
+    `_order_matches`). Otherwise the two plain reductions (`scratch` as in `out_magnitude`).
+    """
+    if single_read(w):
+        return _abs_stats_chunked(w, rows)
+    return out_magnitude(w, scratch), in_magnitude(w) if rows else None
+
+
+def single_read(w: torch.Tensor) -> bool:
+    """Whether `abs_stats` reads `w` once (see there) rather than taking the plain reductions."""
+    return (
+        w.dim() == 3
+        and w.device.type == "cpu"
+        and w.is_contiguous()
+        and w.numel() * w.element_size() > CHUNK_BYTES
+        and w.shape[1] < CASCADE**5  # torch's cascade has more levels beyond this
+        and torch.get_num_threads() == 1  # threads split the columns, which can change their order
+        and _order_matches(w.shape[1], w.shape[2], w.dtype)
+    )
 
 
 def abs_unit_mean(h: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,42 +267,69 @@ class ContinualBackprop:
             else []
         )
         self.active = bool((self.rate > 0).any())
-        # |w_out| of the largest layer (see `out_magnitude`); one buffer shared by all layers
-        big = max(self.layers, key=lambda layer: layer.out_weight.numel()).out_weight
-        self._scratch = big.new_empty(big.numel()) if big.numel() * big.element_size() > CHUNK_BYTES else None
+        self._scratch: torch.Tensor | None = None  # |w_out| for `out_magnitude`, made on first need
+        self._next_in_mag: torch.Tensor | None = None  # see `_magnitudes`
 
     # ------------------------------------------------------------------------------------------
-    def _instant_utility(self, i: int, layer: UnitLayer, h: torch.Tensor) -> torch.Tensor:
-        """y_i of the module docstring, ``[S, n]``, with no full-size temporary (`out_magnitude`)."""
-        out_mag = out_magnitude(layer.out_weight, self._scratch)  # [S, n]
+    def _scratch_for(self, w: torch.Tensor) -> torch.Tensor | None:
+        """A flat buffer for |w| (`out_magnitude`), grown to the largest outgoing weight on first need."""
+        if w.numel() * w.element_size() <= CHUNK_BYTES:
+            return None
+        if self._scratch is None or self._scratch.numel() < w.numel():
+            big = max(layer.out_weight.numel() for layer in self.layers)
+            self._scratch = w.new_empty(big)
+        return self._scratch
+
+    def _magnitudes(self, i: int, layer: UnitLayer) -> torch.Tensor:
+        """Σ_k |w_out[k, i]| of layer `i`'s units, ``[S, n]``. Where the outgoing weight is the next
+        layer's incoming weight and its row means will be needed, the single-read path of `abs_stats`
+        computes them too and leaves them in ``self._next_in_mag`` (`step` drops them if this layer
+        replaces units in between, which zeroes columns of that weight)."""
+        w = layer.out_weight
+        if single_read(w):
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            rows = self.utility == "adaptable_contribution" and nxt is not None and nxt.in_weight is w
+            out_mag, self._next_in_mag = _abs_stats_chunked(w, rows)
+            return out_mag
+        return out_magnitude(w, self._scratch_for(w))
+
+    def _instant_utility(
+        self, i: int, layer: UnitLayer, h: torch.Tensor, in_mag: torch.Tensor | None
+    ) -> torch.Tensor:
+        """y_i of the module docstring, ``[S, n]``, with no full-size temporary (`abs_stats`)."""
+        out_mag = self._magnitudes(i, layer)  # [S, n]
         if self.utility == "contribution":
             return abs_unit_mean(h).mul_(out_mag)
         age = self.age[i].to(torch.float32)
         d = self.decay.view(-1, 1)
         f_hat = self.mean_act[i] / torch.clamp(1.0 - d**age, min=1e-12)
         centred = abs_unit_mean(h, f_hat)
-        in_mag = in_magnitude(layer.in_weight)
+        if in_mag is None:
+            in_mag = in_magnitude(layer.in_weight)
         return centred.mul_(out_mag).div_(torch.clamp(in_mag, min=1e-12))
 
     @torch.no_grad()
     def step(self, step: int, activations: Sequence[torch.Tensor]) -> None:
         """One CBP update after optimiser step `step` (a counter for the random draws)."""
         d = self.decay.view(-1, 1)
+        self._next_in_mag = None
         for i, (layer, h) in enumerate(zip(self.layers, activations, strict=True)):
+            in_mag, self._next_in_mag = self._next_in_mag, None
             self.age[i].add_(1)
             if self.track_mean:
                 self.mean_act[i].mul_(d).add_((1.0 - d) * unit_mean(h))
             if self.utility == "reference_sum":
                 self.act_sum[i].add_(abs_unit_mean(h))
                 per_unit = layer.out_weight[0, :, 0].numel()  # outgoing weights of one unit
-                out_mean = out_magnitude(layer.out_weight, self._scratch).div_(per_unit)
+                out_mean = self._magnitudes(i, layer).div_(per_unit)
                 torch.mul(out_mean, self.act_sum[i], out=self.util[i])
             else:
-                self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h))
-            if self.active:
-                self._replace(i, layer, step)
+                self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h, in_mag))
+            if self.active and self._replace(i, layer, step):
+                self._next_in_mag = None  # the next layer's incoming weights changed (zeroed columns)
 
-    def _replace(self, i: int, layer: UnitLayer, step: int) -> None:
+    def _replace(self, i: int, layer: UnitLayer, step: int) -> bool:
+        """Replace this step's share of layer `i`'s units; False if certainly none (CPU check)."""
         age = self.age[i]
         eligible = age > self.maturity.view(-1, 1)
         n_elig = eligible.sum(1).to(torch.float64)
@@ -212,7 +346,7 @@ class ContinualBackprop:
             n_rep = torch.floor(expected) + (u < frac).to(torch.float64)
         n_rep = n_rep.to(torch.int64)
         if age.device.type == "cpu" and not bool((n_rep > 0).any()):
-            return
+            return False
         k = self.k_max[i]
         d = self.decay.view(-1, 1)
         if self.utility == "reference_sum":
@@ -224,6 +358,7 @@ class ContinualBackprop:
         valid = torch.arange(k, device=idx.device).view(1, -1) < n_rep.view(-1, 1)
         self.n_replaced[i].add_(valid.sum(1))
         self._reinit(i, layer, step, idx, valid)
+        return True
 
     def _reinit(self, i: int, layer: UnitLayer, step: int, idx: torch.Tensor, valid: torch.Tensor) -> None:
         k = idx.shape[1]
