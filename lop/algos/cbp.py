@@ -107,7 +107,12 @@ def out_magnitude(out_weight: torch.Tensor, scratch: torch.Tensor | None = None)
 
 
 def in_magnitude(in_weight: torch.Tensor) -> torch.Tensor:
-    """mean_j |w_in[i, j]| of every unit: ``[S, n, *fan_in]`` -> ``[S, n]``."""
+    """mean_j |w_in[i, j]| of every unit: ``[S, n, *fan_in]`` -> ``[S, n]`` (one read of a large MLP
+    weight by chunks of rows, see `abs_stats`)."""
+    if single_read(in_weight):
+        row = _abs_stats_chunked(in_weight, True, cols=False)[1]
+        assert row is not None
+        return row
     slices = _unit_slices(in_weight, 1)
     if len(slices) == 1:
         return in_weight.abs().flatten(2).mean(-1)
@@ -126,8 +131,11 @@ def _chunk_rows(n: int, element_size: int) -> int:
     return rows
 
 
-def _abs_stats_chunked(w: torch.Tensor, rows: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`abs_stats` by chunks of rows (the caller checked that the order reproduces torch's)."""
+def _abs_stats_chunked(
+    w: torch.Tensor, rows: bool, cols: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`abs_stats` by chunks of rows (the caller checked that the order reproduces torch's); with
+    ``cols=False`` only the row means (the column sums returned are then not computed)."""
     n_runs, m, n = w.shape
     step = min(_chunk_rows(n, w.element_size()), m)
     col = w.new_empty(n_runs, n)
@@ -146,6 +154,8 @@ def _abs_stats_chunked(w: torch.Tensor, rows: bool) -> tuple[torch.Tensor, torch
             a = torch.abs(ws[r0:r1], out=buf[: r1 - r0])
             if row is not None:
                 torch.mean(a, 1, out=row[s, r0:r1])
+            if not cols:
+                continue
             k = (r1 - r0) // CASCADE
             g = k // CASCADE
             if k:
@@ -166,7 +176,7 @@ def _abs_stats_chunked(w: torch.Tensor, rows: bool) -> tuple[torch.Tensor, torch
                     out.add_(torch.sum(blocks[g * CASCADE : k], 0, out=groups[0]))
         out.add_(level2).add_(level3)
     n0 = n // TAIL_COLUMNS * TAIL_COLUMNS
-    if n0 < n:  # columns torch sums another way: the plain formula on that thin slice
+    if cols and n0 < n:  # columns torch sums another way: the plain formula on that thin slice
         col[:, n0:] = w[:, :, n0:].abs().sum(1)
     return col, row
 
