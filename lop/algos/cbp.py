@@ -65,7 +65,7 @@ def unit_mean(h: torch.Tensor) -> torch.Tensor:
 # tests/test_cbp.py checks bit-equality with the plain formulas.
 CHUNK_BYTES = 4 * 2**20
 UNIT_GROUP = 64
-# `abs_stats`: torch's single-threaded CPU column sum of a row-major [m, n] block adds the rows of each
+# `abs_stats`: torch's CPU column sum of a row-major [m, n] block adds the rows of each
 # column in blocks of CASCADE (a running sum from 0), block sums in groups of CASCADE, group sums in
 # groups of CASCADE again, and finally (((rows after the last whole block) + open group) + open level-2
 # sum) + level-3 sum; columns after the last multiple of TAIL_COLUMNS take another route. Chunks of
@@ -73,7 +73,7 @@ UNIT_GROUP = 64
 CASCADE = 16
 TAIL_COLUMNS = 32
 CHUNK_ROWS_BYTES = 2**21
-_ORDER_CHECKED: dict[tuple[int, int, torch.dtype], bool] = {}
+_ORDER_CHECKED: dict[tuple[int, int, int, torch.dtype, int], bool] = {}
 
 
 def _unit_slices(t: torch.Tensor, dim: int) -> list[tuple[int, int]]:
@@ -181,13 +181,17 @@ def _abs_stats_chunked(
     return col, row
 
 
-def _order_matches(m: int, n: int, dtype: torch.dtype) -> bool:
-    """Whether `_abs_stats_chunked` equals the plain formulas for ``[·, m, n]`` on this machine and torch
-    (checked once per shape on a fixed, non-random test matrix; False sends `abs_stats` the plain way)."""
-    key = (m, n, dtype)
+def _order_matches(shape: tuple[int, int, int], dtype: torch.dtype) -> bool:
+    """Whether `_abs_stats_chunked` equals the plain formulas for weights of this shape, dtype and torch
+    thread count on this machine and torch (threads split reductions, which can move the column
+    boundaries of `TAIL_COLUMNS`). Checked once per key on a fixed, non-random test matrix (each run's
+    slice a different rotation of one pattern); False sends `abs_stats` the plain way."""
+    n_runs, m, n = shape
+    key = (n_runs, m, n, dtype, torch.get_num_threads())
     if key not in _ORDER_CHECKED:
         k = torch.arange(m * n, dtype=torch.float64)
-        probe = (torch.frac(k * 0.6180339887498949 + torch.frac(k * k * 1e-7)) - 0.5).to(dtype).view(1, m, n)
+        base = (torch.frac(k * 0.6180339887498949 + torch.frac(k * k * 1e-7)) - 0.5).to(dtype)
+        probe = torch.stack([base.roll(7919 * s) for s in range(n_runs)]).view(n_runs, m, n)
         col, row = _abs_stats_chunked(probe, True)
         _ORDER_CHECKED[key] = torch.equal(col, probe.abs().sum(1)) and torch.equal(
             row, probe.abs().flatten(2).mean(-1)
@@ -201,7 +205,7 @@ def abs_stats(
     """(Σ_k |w[k, i]| ``[S, n]``, mean_j |w[i, j]| ``[S, m]`` if `rows`) of a weight ``[S, m, n]`` (or
     ``[S, m, n, *rest]``: column sums over m and rest), bit-identical to `out_magnitude`/`in_magnitude`.
 
-    Large contiguous 3-D weights on a CPU running one thread are read once: chunks of rows small enough
+    Large contiguous 3-D weights on a CPU are read once: chunks of rows small enough
     for the L2 cache get |w| written there, row means taken, and their columns summed in the order
     torch's `sum` would use on the whole matrix (`_abs_stats_chunked`, verified per shape by
     `_order_matches`). Otherwise the two plain reductions (`scratch` as in `out_magnitude`).
@@ -219,8 +223,7 @@ def single_read(w: torch.Tensor) -> bool:
         and w.is_contiguous()
         and w.numel() * w.element_size() > CHUNK_BYTES
         and w.shape[1] < CASCADE**5  # torch's cascade has more levels beyond this
-        and torch.get_num_threads() == 1  # threads split the columns, which can change their order
-        and _order_matches(w.shape[1], w.shape[2], w.dtype)
+        and _order_matches((w.shape[0], w.shape[1], w.shape[2]), w.dtype)
     )
 
 
