@@ -192,10 +192,10 @@ def _order_matches(shape: tuple[int, int, int], dtype: torch.dtype) -> bool:
         k = torch.arange(m * n, dtype=torch.float64)
         base = (torch.frac(k * 0.6180339887498949 + torch.frac(k * k * 1e-7)) - 0.5).to(dtype)
         probe = torch.stack([base.roll(7919 * s) for s in range(n_runs)]).view(n_runs, m, n)
+        del k, base
         col, row = _abs_stats_chunked(probe, True)
-        _ORDER_CHECKED[key] = torch.equal(col, probe.abs().sum(1)) and torch.equal(
-            row, probe.abs().flatten(2).mean(-1)
-        )
+        probe.abs_()  # in place: one probe-sized tensor at a time
+        _ORDER_CHECKED[key] = torch.equal(col, probe.sum(1)) and torch.equal(row, probe.flatten(2).mean(-1))
     return _ORDER_CHECKED[key]
 
 
@@ -205,8 +205,8 @@ def abs_stats(
     """(Σ_k |w[k, i]| ``[S, n]``, mean_j |w[i, j]| ``[S, m]`` if `rows`) of a weight ``[S, m, n]`` (or
     ``[S, m, n, *rest]``: column sums over m and rest), bit-identical to `out_magnitude`/`in_magnitude`.
 
-    Large contiguous 3-D weights on a CPU are read once: chunks of rows small enough
-    for the L2 cache get |w| written there, row means taken, and their columns summed in the order
+    Large contiguous 3-D weights on a CPU are read once: cache-sized chunks of rows get |w| written
+    into a small buffer, row means taken, and their columns summed in the order
     torch's `sum` would use on the whole matrix (`_abs_stats_chunked`, verified per shape by
     `_order_matches`). Otherwise the two plain reductions (`scratch` as in `out_magnitude`).
     """
@@ -222,7 +222,7 @@ def single_read(w: torch.Tensor) -> bool:
         and w.device.type == "cpu"
         and w.is_contiguous()
         and w.numel() * w.element_size() > CHUNK_BYTES
-        and w.shape[1] < CASCADE**5  # torch's cascade has more levels beyond this
+        and w.shape[1] <= 2**19  # torch's cascade takes wider steps beyond this
         and _order_matches((w.shape[0], w.shape[1], w.shape[2]), w.dtype)
     )
 
