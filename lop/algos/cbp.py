@@ -152,8 +152,8 @@ def _abs_stats_chunked(
         for r0 in range(0, m, step):
             r1 = min(r0 + step, m)
             a = torch.abs(ws[r0:r1], out=buf[: r1 - r0])
-            if row is not None:
-                torch.mean(a, 1, out=row[s, r0:r1])
+            if row is not None:  # row sums here, means below (torch's CPU mean is this sum, then / n)
+                torch.sum(a, 1, out=row[s, r0:r1])
             if not cols:
                 continue
             k = (r1 - r0) // CASCADE
@@ -175,6 +175,8 @@ def _abs_stats_chunked(
                 if k > g * CASCADE:
                     out.add_(torch.sum(blocks[g * CASCADE : k], 0, out=groups[0]))
         out.add_(level2).add_(level3)
+    if row is not None:
+        row.div_(n)
     n0 = n // TAIL_COLUMNS * TAIL_COLUMNS
     if cols and n0 < n:  # columns torch sums another way: the plain formula on that thin slice
         col[:, n0:] = w[:, :, n0:].abs().sum(1)
