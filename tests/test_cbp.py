@@ -193,7 +193,7 @@ def test_single_read_stats_are_bit_identical_to_full_formulas(shape, one_thread,
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
     assert cbp_mod.single_read(w)
     full_out, full_in = w.abs().sum(1), w.abs().mean(-1)
-    for chunk_bytes in (1, 2**21, 2**30):  # 256 rows per chunk up to one chunk
+    for chunk_bytes in (1, 2**21, 2**30):  # 16 to 256 rows per chunk
         monkeypatch.setattr(cbp_mod, "CHUNK_ROWS_BYTES", chunk_bytes)
         out_mag, in_mag = cbp_mod.abs_stats(w, rows=True)
         assert torch.equal(out_mag, full_out) and in_mag is not None and torch.equal(in_mag, full_in)

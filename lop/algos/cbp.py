@@ -69,10 +69,11 @@ UNIT_GROUP = 64
 # column in blocks of CASCADE (a running sum from 0), block sums in groups of CASCADE, group sums in
 # groups of CASCADE again, and finally (((rows after the last whole block) + open group) + open level-2
 # sum) + level-3 sum; columns after the last multiple of TAIL_COLUMNS take another route. Chunks of
-# CASCADE²·2^k rows of |w| (within CHUNK_ROWS_BYTES, cache-sized) are reduced in exactly that order.
+# CASCADE·2^k ≤ CASCADE² rows of |w| of all runs (within CHUNK_ROWS_BYTES, cache-sized) are reduced in
+# exactly that order.
 CASCADE = 16
 TAIL_COLUMNS = 32
-CHUNK_ROWS_BYTES = 2**21
+CHUNK_ROWS_BYTES = 4 * 2**20
 _ORDER_CHECKED: dict[tuple[int, int, int, torch.dtype, int], bool] = {}
 
 
@@ -122,11 +123,11 @@ def in_magnitude(in_weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _chunk_rows(n: int, element_size: int) -> int:
-    """Rows of |w| per chunk in `abs_stats`: CASCADE²·2^k (chunks tile the summation groups), the
-    largest within CHUNK_ROWS_BYTES, at least CASCADE²."""
-    rows = CASCADE * CASCADE
-    while 2 * rows * n * element_size <= CHUNK_ROWS_BYTES:
+def _chunk_rows(n_runs: int, n: int, element_size: int) -> int:
+    """Rows of |w| per chunk in `abs_stats` (all runs at once): CASCADE·2^k ≤ CASCADE² (so chunks tile
+    the summation groups), the largest within CHUNK_ROWS_BYTES, at least CASCADE."""
+    rows = CASCADE
+    while rows < CASCADE * CASCADE and 2 * rows * n_runs * n * element_size <= CHUNK_ROWS_BYTES:
         rows *= 2
     return rows
 
@@ -134,51 +135,51 @@ def _chunk_rows(n: int, element_size: int) -> int:
 def _abs_stats_chunked(
     w: torch.Tensor, rows: bool, cols: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`abs_stats` by chunks of rows (the caller checked that the order reproduces torch's); with
-    ``cols=False`` only the row means (the column sums returned are then not computed)."""
+    """`abs_stats` by chunks of rows of all runs (the caller checked that the order reproduces torch's);
+    with ``cols=False`` only the row means (the column sums returned are then not computed)."""
     n_runs, m, n = w.shape
-    step = min(_chunk_rows(n, w.element_size()), m)
+    step = min(_chunk_rows(n_runs, n, w.element_size()), m)
     col = w.new_empty(n_runs, n)
     row = w.new_empty(n_runs, m) if rows else None
-    buf = w.new_empty(step, n)
-    blocks = w.new_empty(step // CASCADE, n)  # sums of the whole blocks of CASCADE rows of a chunk
-    groups = w.new_empty(max(1, step // CASCADE**2), n)  # sums of CASCADE whole blocks
-    level2, level3 = w.new_empty(n), w.new_empty(n)
-    tail = m % CASCADE
-    for s in range(n_runs):
-        ws, out = w[s], col[s]
-        level2.zero_()
-        level3.zero_()
-        for r0 in range(0, m, step):
-            r1 = min(r0 + step, m)
-            a = torch.abs(ws[r0:r1], out=buf[: r1 - r0])
-            if row is not None:  # row sums here, means below (torch's CPU mean is this sum, then / n)
-                torch.sum(a, 1, out=row[s, r0:r1])
-            if not cols:
-                continue
-            k = (r1 - r0) // CASCADE
-            g = k // CASCADE
-            if k:
-                torch.sum(a[: k * CASCADE].view(k, CASCADE, n), 1, out=blocks[:k])
-            if g:
-                torch.sum(blocks[: g * CASCADE].view(g, CASCADE, n), 1, out=groups[:g])
-            for j in range(g):
-                level2.add_(groups[j])
-                if (r0 + (j + 1) * CASCADE**2) % CASCADE**3 == 0:
-                    level3.add_(level2)
-                    level2.zero_()
-            if r1 == m:  # last chunk: the open group (< CASCADE blocks) and the rows after the last block
-                if tail:
-                    torch.sum(a[r1 - r0 - tail :], 0, out=out)
-                else:
-                    out.zero_()
-                if k > g * CASCADE:
-                    out.add_(torch.sum(blocks[g * CASCADE : k], 0, out=groups[0]))
-        out.add_(level2).add_(level3)
+    buf = w.new_empty(n_runs, step, n)
+    blocks = w.new_empty(n_runs, CASCADE, n)  # sums of the whole blocks of CASCADE rows of the open group
+    group = w.new_empty(n_runs, n)
+    level2, level3 = w.new_zeros(n_runs, n), w.new_zeros(n_runs, n)
+    n_blocks = 0
+    a = buf[:, :0]
+    for r0 in range(0, m, step):
+        r1 = min(r0 + step, m)
+        a = torch.abs(w[:, r0:r1], out=buf[:, : r1 - r0])
+        if row is not None:  # row sums here, means below (torch's CPU mean is this sum, then / n)
+            torch.sum(a, 2, out=row[:, r0:r1])
+        if not cols:
+            continue
+        k = (r1 - r0) // CASCADE
+        if k:
+            torch.sum(
+                a[:, : k * CASCADE].view(n_runs, k, CASCADE, n), 2, out=blocks[:, n_blocks : n_blocks + k]
+            )
+            n_blocks += k
+        if n_blocks == CASCADE:  # a whole group (r1 is then a multiple of CASCADE²)
+            level2.add_(torch.sum(blocks, 1, out=group))
+            n_blocks = 0
+            if r1 % CASCADE**3 == 0:
+                level3.add_(level2)
+                level2.zero_()
     if row is not None:
         row.div_(n)
+    if not cols:
+        return col, row
+    tail = m % CASCADE  # (((rows after the last whole block) + open group) + level 2) + level 3
+    if tail:
+        torch.sum(a[:, a.shape[1] - tail :], 1, out=col)
+    else:
+        col.zero_()
+    if n_blocks:
+        col.add_(torch.sum(blocks[:, :n_blocks], 1, out=group))
+    col.add_(level2).add_(level3)
     n0 = n // TAIL_COLUMNS * TAIL_COLUMNS
-    if cols and n0 < n:  # columns torch sums another way: the plain formula on that thin slice
+    if n0 < n:  # columns torch sums another way: the plain formula on that thin slice
         col[:, n0:] = w[:, :, n0:].abs().sum(1)
     return col, row
 
