@@ -171,23 +171,91 @@ def test_sliced_magnitudes_are_bit_identical_to_full_formulas(shape, monkeypatch
     assert len(cbp_mod._unit_slices(w, 2)) == -(-shape[2] // cbp_mod.UNIT_GROUP)
 
 
-def test_sliced_cbp_run_matches_unsliced_run(monkeypatch):
-    """A whole CBP run with forced slicing and scratch buffers equals the plain run."""
+@pytest.fixture
+def one_thread():
+    """One torch thread (the order check of `abs_stats` is per thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 2000, 2000), (1, 2000, 784), (3, 10, 2000), (2, 257, 3100), (2, 4100, 40), (1, 300, 7)]
+)
+def test_single_read_stats_are_bit_identical_to_full_formulas(shape, one_thread, monkeypatch):
+    """Column sums and row means of |w| from one chunked read equal torch's plain reductions, for row
+    counts with and without open blocks/groups (4100: a third summation level) and ragged columns."""
     import lop.algos.cbp as cbp_mod
 
+    monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", 1)  # every shape takes the single-read path
+    monkeypatch.setattr(cbp_mod, "_ORDER_CHECKED", {})
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    assert cbp_mod.single_read(w)
+    full_out, full_in = w.abs().sum(1), w.abs().mean(-1)
+    for chunk_bytes in (1, 2**21, 2**30):  # 16 to 256 rows per chunk
+        monkeypatch.setattr(cbp_mod, "CHUNK_ROWS_BYTES", chunk_bytes)
+        out_mag, in_mag = cbp_mod.abs_stats(w, rows=True)
+        assert torch.equal(out_mag, full_out) and in_mag is not None and torch.equal(in_mag, full_in)
+        assert cbp_mod.abs_stats(w, rows=False)[1] is None
+        assert torch.equal(cbp_mod.in_magnitude(w), full_in)
+
+
+def test_single_read_falls_back_when_the_order_does_not_match(one_thread, monkeypatch):
+    """A summation order that does not reproduce torch's is detected per shape and thread count: plain
+    reductions."""
+    import lop.algos.cbp as cbp_mod
+
+    monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(cbp_mod, "_ORDER_CHECKED", {})
+    monkeypatch.setattr(cbp_mod, "CASCADE", 8)  # a wrong model of torch's order
+    w = torch.randn(2, 600, 96, generator=torch.Generator().manual_seed(4))
+    assert not cbp_mod.single_read(w)
+    out_mag, in_mag = cbp_mod.abs_stats(w, rows=True)
+    assert (
+        torch.equal(out_mag, w.abs().sum(1)) and in_mag is not None and torch.equal(in_mag, w.abs().mean(-1))
+    )
+    monkeypatch.setattr(cbp_mod, "CASCADE", 16)
+    monkeypatch.setattr(cbp_mod, "_ORDER_CHECKED", {})
+    assert cbp_mod.single_read(w)  # the right model: single read
+    torch.set_num_threads(2)  # threads split reductions: checked once more for this thread count
+    assert (2, 600, 96, w.dtype, 2) not in cbp_mod._ORDER_CHECKED
+    out_mag, in_mag = cbp_mod.abs_stats(w, rows=True)
+    assert (2, 600, 96, w.dtype, 2) in cbp_mod._ORDER_CHECKED
+    assert (
+        torch.equal(out_mag, w.abs().sum(1)) and in_mag is not None and torch.equal(in_mag, w.abs().mean(-1))
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sliced_cbp_run_matches_unsliced_run(threads, monkeypatch):
+    """A whole CBP run with forced slicing, scratch buffers or single reads equals the plain run
+    (single reads, whose row means the next layer reuses unless units were replaced)."""
+    import lop.algos.cbp as cbp_mod
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    calls = []
+    chunked = cbp_mod._abs_stats_chunked
+    monkeypatch.setattr(cbp_mod, "_abs_stats_chunked", lambda *a, **k: calls.append(a[1]) or chunked(*a, **k))
     x = torch.rand(2, 1, 6, generator=torch.Generator().manual_seed(8))
     runs = []
-    for budget in (2**30, 1):
-        monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
-        _, net, opt, cbp = _setup(
-            [0.02, 0.05], maturity=5, utility="adaptable_contribution", sizes=(6, 200, 150, 3)
-        )
-        for t in range(60):
-            _train_step(t, net, opt, cbp, x)
-        runs.append((net.weights, cbp.util))
+    try:
+        for budget in (2**30, 1):
+            monkeypatch.setattr(cbp_mod, "CHUNK_BYTES", budget)
+            _, net, opt, cbp = _setup(
+                [0.02, 0.05], maturity=5, utility="adaptable_contribution", sizes=(6, 200, 150, 3)
+            )
+            for t in range(60):
+                _train_step(t, net, opt, cbp, x)
+            runs.append((net.weights, cbp.util))
+    finally:
+        torch.set_num_threads(before)
     for a, b in zip(*[w + u for w, u in runs]):
         assert torch.equal(a, b)
-    assert sum(int(n.sum()) for n in cbp.n_replaced) > 0
+    assert int(cbp.n_replaced[0].sum()) > 0  # layer 0 replaced units: the reused row means were dropped
+    if threads == 1:  # (with more threads, if this machine's split reproduces torch's order)
+        assert True in calls  # row means from the column-sum read
 
 
 # ---- options reproducing the reference code of each experiment ---------------------------------------------

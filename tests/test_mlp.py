@@ -36,3 +36,24 @@ def test_init_bounds_and_batch_independence():
     assert torch.count_nonzero(a.biases[0]) == 0
     layers = a.unit_layers()
     assert len(layers) == 1 and layers[0].in_weight is a.weights[0] and layers[0].out_weight is a.weights[1]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_backward_into_reused_buffers_is_bit_identical(batch):
+    """reuse_buffers=True writes the weight gradients into the same per-layer tensors every call, with
+    the same numbers as fresh tensors."""
+    net = BatchedMLP([30, 200, 40, 5], "relu", RunStreams([0, 1]))
+    gen = torch.Generator().manual_seed(2)
+    storages = None
+    for _ in range(3):
+        x = torch.randn(2, batch, 30, generator=gen)
+        go = torch.randn(2, batch, 5, generator=gen)
+        _, cache = net.forward(x)
+        fresh = net.backward(cache, go)
+        reused = net.backward(cache, go, reuse_buffers=True)
+        for a, b in zip(fresh, reused, strict=True):
+            assert torch.equal(a, b)
+        ptrs = [g.data_ptr() for g in reused[0::2]]  # weight gradients
+        assert storages is None or ptrs == storages
+        storages = ptrs
+        assert all(p not in ptrs for p in (g.data_ptr() for g in fresh[0::2]))
