@@ -225,8 +225,16 @@ class TaskSequenceTrainer(Trainer):
         return batches
 
     # ---- training ----------------------------------------------------------------------------------
+    def set_training(self, mode: bool) -> None:
+        """Training or evaluation mode of a network that has one (dropout: `lop.nets.zenke_convnet`);
+        the updates run in training mode, everything else (tests, probes, end-of-task statistics) in
+        evaluation mode."""
+        if hasattr(self.net, "training"):
+            self.net.training = mode
+
     def train_unit(self, unit: int) -> list[MetricBlock]:
         blocks: list[MetricBlock] = []
+        self.set_training(False)
         if unit == 0:
             blocks += self.evaluate(0) + self.probe(0)
         task, s, dev = unit + 1, self.streams.n, self.streams.device
@@ -242,6 +250,7 @@ class TaskSequenceTrainer(Trainer):
         t = int(self.step_count)
         loss_sum = torch.zeros(s, device=dev)
         acc_sum = torch.zeros(s, device=dev)
+        self.set_training(True)
         for epoch in range(self.epochs):
             order = self.streams.permutation("cl/order", unit * self.epochs + epoch, n)
             rows, rtasks = pool_rows[order], pool_tasks[order]
@@ -255,6 +264,7 @@ class TaskSequenceTrainer(Trainer):
                     loss_sum += loss
                     acc_sum += acc
         self.step_count.fill_(t)
+        self.set_training(False)
         self.learner.end_task(task, self.task_batches(unit), n_logits)
         if self.learner.methods.has_boundary:
             probe_x = self.probe_batch(unit, train)
