@@ -257,3 +257,22 @@ def test_zenke_convnet_state_restores_the_dropout_counter():
     fresh = ZenkeConvNet(RunStreams([5], CPU), 10)
     fresh.load_state_dict(state)
     assert fresh.dropout_calls == 3 and torch.equal(fresh(x), expected)
+
+
+def test_split_mnist_zero_output_layer_trains_and_den_rejects_it():
+    spec = get_experiment("cl_split_mnist")
+    problem = {"dataset": "digits", "n_tasks": 2, "width": 32, "epochs_per_task": 5, "batch_size": 32,
+               "probe_examples": 20, "output_init": "zero"}  # fmt: skip
+    config = from_dict(MethodConfig, ADAM, "method")
+    tr = spec.build(from_dict(spec.problem_cls, problem, "problem"), [RunSpec("m", "d", {}, config, 0)], CPU)
+    assert not tr.net.parameters()[-2].any() and not tr.net.parameters()[-1].any()
+    for u in range(2):
+        tr.train_unit(u)
+    r = tr.matrix.numpy()[0]
+    test = tr.data.test
+    first = [float((test.local[rows] == 0).double().mean()) for rows in test.rows]
+    assert np.allclose(r[0], first)  # all logits 0: every answer is the first class of its 2-way head
+    assert r[1, 0] > 0.8 and r[2, 1] > 0.8  # the zero output layer trained (chance: about 0.5)
+    den = from_dict(MethodConfig, {**ADAM, "den": {}}, "method")
+    with pytest.raises(ConfigError, match="output_init"):
+        spec.build(from_dict(spec.problem_cls, problem, "problem"), [RunSpec("den", "d", {}, den, 0)], CPU)

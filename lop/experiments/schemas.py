@@ -298,6 +298,7 @@ class CLSplitMNISTProblem:
     reset_optimizer: bool = True
     probe_examples: int = 500
     eval_batch: int = 2000
+    output_init: Literal["default", "zero"] = optional_field("default")  # zero: Zenke et al.'s output layer
 
     def validate(self) -> list[tuple[str, str]]:
         return (
