@@ -276,3 +276,26 @@ def test_split_mnist_zero_output_layer_trains_and_den_rejects_it():
     den = from_dict(MethodConfig, {**ADAM, "den": {}}, "method")
     with pytest.raises(ConfigError, match="output_init"):
         spec.build(from_dict(spec.problem_cls, problem, "problem"), [RunSpec("den", "d", {}, den, 0)], CPU)
+
+
+def test_variant_resumes_after_a_task_bit_identically(data_root):
+    """Checkpoint after task 1 (through torch.save / weights_only load), resume in a fresh trainer: the
+    dropout counter, SI's state and the optimiser come back, so task 2 trains exactly as without a stop."""
+    import io
+
+    prob = _problem(
+        data_root, n_tasks=2, train_per_class=3, test_per_class=2, epochs_per_task=2, batch_size=10
+    )
+    method = {**ADAM, "si": {"c": 0.01, "xi": 1e-3}}
+    ref = _trainer(prob, method)
+    ref.train_unit(0)
+    buf = io.BytesIO()
+    torch.save(ref.state_dict(), buf)
+    ref.train_unit(1)
+    buf.seek(0)
+    resumed = _trainer(prob, method)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert resumed.net.dropout_calls == 2 * 3
+    resumed.train_unit(1)
+    assert torch.equal(resumed.matrix[:, 1:], ref.matrix[:, 1:])
+    assert all(torch.equal(a, b) for a, b in zip(resumed.net.parameters(), ref.net.parameters(), strict=True))
