@@ -250,3 +250,23 @@ def test_lop_data_commands_round_trip(tmp_path, capsys):
     assert "prepared cifar10 (standin), 6 files verified" in capsys.readouterr().out
     d = cifar10.load_cifar10(out)
     assert d["train_images"].shape == (200, 3, 32, 32) and d["test_images"].shape == (50, 3, 32, 32)
+
+
+def test_forged_seed0_standin_is_caught_by_its_pinned_checksum(tmp_path):
+    """A stand-in archive whose standin.json was rewritten to vouch for other bytes (here: seed 1's archive
+    presented as seed 0's) fails `lop data verify` on the pinned md5, raw and prepared."""
+    from lop.data.commands import verify_prepared, verify_raw
+
+    raw = tmp_path / "raw"
+    standins.write_standin("cifar10", raw, size="small", seed=1)
+    info = json.loads((raw / "standin.json").read_text())
+    info["seed"] = 0
+    (raw / "standin.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"cifar-10-binary\.tar\.gz: md5 .* differs from .*seed 0"):
+        verify_raw(raw)
+    out = cifar10.prepare_cifar10(raw, tmp_path / "prepared")  # prepare trusts standin.json's md5 ...
+    man = json.loads((out / "manifest.json").read_text())
+    man["raw_md5"] = {cifar10.ARCHIVE: "857a5f17ef3a6ae2768c770dd5e1068d"}  # ... claim the pinned raw file
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DataError, match=r"sha256 .* always has when prepared from the cifar10 stand-in"):
+        verify_prepared(out)
