@@ -24,7 +24,8 @@ union of tasks 1..t) in mini-batches of ``batch_size``, reshuffled every epoch f
 the method layer's ``end_task`` point runs (consolidation), then ``at_boundary`` (ReDo) with a probe
 batch, then every task is tested. A network with a training mode (dropout) is in training mode only
 for the updates of a task; tests, probes and the end-of-task statistics run in evaluation mode. Metrics
-at step ``i`` (= tasks trained): ``test_accuracy/task_<j>`` for every ``j`` (the accuracy matrix R[i, j]), ``train_loss``/``train_accuracy`` (means over the task's
+at step ``i`` (= tasks trained): ``test_accuracy/task_<j>`` for every ``j`` (the accuracy matrix R[i, j]),
+``train_loss``/``train_accuracy`` (means over the task's
 last epoch, data term only), and the plasticity probes on the first ``probe_examples`` test examples
 of task ``max(i, 1)``: ``dead_units/<layer>``, ``dormant_units/<layer>`` (active on < 1 % of the probe),
 ``effective_rank/<layer>`` and ``stable_rank/<layer>`` (fully connected layers), ``weight_magnitude``.
