@@ -128,7 +128,7 @@ def test_paper_scale_follows_the_reference(name: str) -> None:
     if params.experiment == "cl_split_mnist":  # Zenke et al.'s zero output layer; DEN grows its own network
         for m, settings in params.settings["paper"].items():
             assert {s.problem.output_init for s in settings} == {"default" if m == "den" else "zero"}, m
-    if params.experiment == "cl_split_cifar100":  # Zenke et al.'s CIFAR-10 -> CIFAR-100 runs: c = 0, 0.01, 0.1
+    if params.experiment == "cl_split_cifar100":  # Zenke et al.'s CIFAR-10 -> CIFAR-100: c = 0, 0.01, 0.1
         c10 = [s.config for m in ("c10_finetune", "c10_si") for s in params.settings["paper"][m]]
         si = {(c.si.c, c.si.xi) if c.si else None for c in c10}
         assert si == {None, (0.01, 1e-3), (0.1, 1e-3)}
