@@ -84,11 +84,13 @@ def parse_records(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray,
     return images, fine, coarse
 
 
-def split_train_val(labels: np.ndarray, val_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(
+    labels: np.ndarray, val_per_class: int, n_classes: int = N_CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """(train_index, val_index), sorted int64: the last ``val_per_class`` of each class in file order are
-    validation. Every class needs more than ``val_per_class`` examples."""
+    validation. Every one of the ``n_classes`` classes needs more than ``val_per_class`` examples."""
     labels = np.asarray(labels).astype(np.int64)
-    counts = np.bincount(labels, minlength=N_CLASSES)
+    counts = np.bincount(labels, minlength=n_classes)
     if (counts <= val_per_class).any():
         c = int(np.argmax(counts <= val_per_class))
         raise DataError(f"class {c} has {int(counts[c])} training images, needs more than {val_per_class}")

@@ -10,15 +10,16 @@ from lop.errors import DataError
 
 # The dataset modules (numpy) are imported by the commands that use them, so that building the `lop`
 # parser stays light.
-DATASETS = ("mnist", "cifar100", "imagenet32")
+DATASETS = ("mnist", "cifar10", "cifar100", "imagenet32")
 
 
 def raw_files() -> dict[str, dict[str, str | None]]:
     """The official raw file names of each dataset and their md5 (None: no published checksum)."""
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
 
     return {
         "mnist": dict(mnist.FILES),
+        "cifar10": {cifar10.ARCHIVE: cifar10.MD5},
         "cifar100": {cifar100.ARCHIVE: cifar100.MD5},
         "imagenet32": {imagenet32.ZIP_NAME: None},
     }
@@ -39,11 +40,13 @@ def _positive(text: str) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
 
     raw = Path(args.raw)
     if args.dataset == "mnist":
         paths = mnist.download_mnist(raw, args.url, timeout=args.timeout)
+    elif args.dataset == "cifar10":
+        paths = [cifar10.download_cifar10(raw, args.url or cifar10.URL, timeout=args.timeout)]
     elif args.dataset == "cifar100":
         paths = [cifar100.download_cifar100(raw, args.url or cifar100.URL, timeout=args.timeout)]
     else:
@@ -54,7 +57,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
     from lop.data.artifact import verify_artifact
 
     raw, out = Path(args.raw), Path(args.out)
@@ -62,6 +65,8 @@ def _prepare(args: argparse.Namespace) -> int:
         raise DataError(f"--image-folder/--per-class/--n-train apply to imagenet32 only, not {args.dataset}")
     if args.dataset == "mnist":
         path = mnist.prepare_mnist(raw, out)
+    elif args.dataset == "cifar10":
+        path = cifar10.prepare_cifar10(raw, out)
     elif args.dataset == "cifar100":
         path = cifar100.prepare_cifar100(raw, out)
     else:
@@ -101,7 +106,7 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
     """
     import tempfile
 
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
     from lop.data.artifact import MANIFEST
     from lop.data.raw import identify_raw
     from lop.data.standin_pins import check_raw_standin
@@ -116,9 +121,11 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
             if dataset == "mnist":
                 mnist.read_raw_arrays(raw_dir, *mnist.split_sizes(raw_dir, standin))
             else:
-                prepare = (
-                    cifar100.prepare_cifar100 if dataset == "cifar100" else imagenet32.prepare_imagenet32
-                )
+                prepare = {
+                    "cifar10": cifar10.prepare_cifar10,
+                    "cifar100": cifar100.prepare_cifar100,
+                    "imagenet32": imagenet32.prepare_imagenet32,
+                }[dataset]
                 with tempfile.TemporaryDirectory(prefix="lop-verify-") as tmp:
                     prepare(raw_dir, Path(tmp) / dataset)
             return dataset, source
@@ -131,13 +138,14 @@ def verify_raw(raw_dir: Path) -> tuple[str, str]:
 def verify_prepared(folder: Path) -> dict[str, Any]:
     """sha256, shape and dtype of every listed file, then the dataset's own content checks and, for an
     artifact prepared from a pinned stand-in, the pinned sha256s; returns the manifest."""
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
     from lop.data.artifact import MANIFEST, verify_artifact
     from lop.data.standin_pins import check_prepared_standin
 
     m: dict[str, Any] = verify_artifact(folder)
     checks = {
         "mnist": mnist.verify_prepared,
+        "cifar10": cifar10.verify_prepared,
         "cifar100": cifar100.verify_prepared,
         "imagenet32": imagenet32.verify_prepared,
     }
@@ -177,7 +185,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dataset", choices=DATASETS)
     p.add_argument("--raw", required=True, help="raw folder, e.g. data/raw/mnist")
     p.add_argument(
-        "--url", default=None, help="base URL (mnist) or archive URL (cifar100) instead of the mirrors"
+        "--url",
+        default=None,
+        help="base URL (mnist) or archive URL (cifar10, cifar100) instead of the mirrors",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     p.set_defaults(func=_download)

@@ -71,6 +71,36 @@ PINS: dict[tuple[str, str], dict[str, Any]] = {
         },
         "prepared_facts": "356aaed3e4f286ba3d4caf26b05736f20164d757a11798ccde6df5f7604a5a0e",
     },
+    ("cifar10", "small"): {
+        "facts": {"test_per_class": 5, "train_bin_per_class": 20, "val_per_class": 2},
+        "raw_md5": {
+            "cifar-10-binary.tar.gz": "857a5f17ef3a6ae2768c770dd5e1068d",
+        },
+        "prepared_sha256": {
+            "test_images.npy": "106e04b21a4a3b93455a07d140071ab05cf5ba76a6abb2ca1d9eb434fb1284b8",
+            "test_labels.npy": "d78c24d3a86207699f413c083cdd2d21fccb405e055683860e8de2a731e214a5",
+            "train_images.npy": "f08cc9ef19bc95dae60c47077cdd6910a2a49ffd7754aa33753c280a2fcef611",
+            "train_index.npy": "830891e6b2e8ace0745316c7d8906aa8b0802bf41e37a31df8decede52477576",
+            "train_labels.npy": "8ce44aad99813c69a59020edcc2d9abd58851a979571c7efdec319fd95ebf188",
+            "val_index.npy": "33644a9582bcfd76793364071964711caa8f717fe70691c708323b71d921a274",
+        },
+        "prepared_facts": "7c5e4f32a457349559461cbf3e246331b00f266cbeccb3b1af03882dc1b25cf0",
+    },
+    ("cifar10", "demo"): {
+        "facts": {"test_per_class": 1000, "train_bin_per_class": 5000, "val_per_class": 500},
+        "raw_md5": {
+            "cifar-10-binary.tar.gz": "7735a53d111ed8c25afbbf3dfd79607d",
+        },
+        "prepared_sha256": {
+            "test_images.npy": "5d85de92a5b0d6b3c6c3c55bc3fd22edcb3c1e7e35336e168f20ce2001fa1649",
+            "test_labels.npy": "5045b53fe014260cfeac53f6a6d7d6733cbbd5bc4d7a574bac58f0bf68b91a5e",
+            "train_images.npy": "0a1670f8f64ce9c90bdabb1e5b9b49466309635bbb6d72a385a6c7690cd58faa",
+            "train_index.npy": "57f7eb1cb01f9d8c1b09d7070887daa7500de2a15e2f2f7ae427cbe97d8bf60f",
+            "train_labels.npy": "5c4a260fdcbfe4fa7a3a29768db560a66126b38d0ae681534aa8acfc3eebba69",
+            "val_index.npy": "434dc90131232fd8c037851c42ef74cd44017ddd16d7e244b85ef135e0225e8f",
+        },
+        "prepared_facts": "5a77bbc0744291fcd806fd60db60167a6e60f65ff344babe7a358279706c231e",
+    },
     ("cifar100", "small"): {
         "facts": {"test_per_class": 5, "train_bin_per_class": 20, "val_per_class": 2},
         "raw_md5": {
@@ -300,18 +330,19 @@ def check_prepared_standin(prepared_dir: Path, manifest: Mapping[str, Any]) -> b
 
 def compute_pins(work: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """Generate every pinned stand-in under ``work``, prepare it and return the table (for `main`)."""
-    from lop.data import cifar100, imagenet32, mnist
+    from lop.data import cifar10, cifar100, imagenet32, mnist
     from lop.data.artifact import read_json
     from lop.data.raw import STANDIN_JSON
     from lop.data.standins import write_standin
 
     prepare = {
         "mnist": mnist.prepare_mnist,
+        "cifar10": cifar10.prepare_cifar10,
         "cifar100": cifar100.prepare_cifar100,
         "imagenet32": imagenet32.prepare_imagenet32,
     }
     pins: dict[tuple[str, str], dict[str, Any]] = {}
-    for dataset in ("mnist", "cifar100", "imagenet32"):
+    for dataset in ("mnist", "cifar10", "cifar100", "imagenet32"):
         for size in PINNED_SIZES:
             raw, out = work / f"{dataset}-{size}-raw", work / f"{dataset}-{size}"
             write_standin(dataset, raw, size=size, seed=PINNED_SEED)

@@ -8,7 +8,7 @@ and formats plus the marker ``standin.json`` (generator, seed, sizes, md5 of eve
 * MNIST: scikit-learn's 8×8 digits, bilinearly resampled into 28×28 with a random scale and shift per
   example, random gain and pixel noise; the train file draws on digits 0..1499, the test file on
   1500..1796 (different writers), as IDX ``.gz`` files.
-* CIFAR-100 / ImageNet32: each class is a smooth template (base colour plus three coloured sinusoidal
+* CIFAR-10 / CIFAR-100 / ImageNet32: each class is a smooth template (base colour plus three coloured sinusoidal
   gratings of class-specific frequency, orientation and phase); every image is its class template with a
   random shift, horizontal flip, contrast and brightness, plus a random distractor grating and Gaussian
   pixel noise. A small convnet separates the classes well above chance but not perfectly.
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lop.data import cifar100, imagenet32, mnist
+from lop.data import cifar10, cifar100, imagenet32, mnist
 from lop.data.artifact import atomic_file, write_json
 from lop.data.digits import load_digits
 from lop.data.download import md5sum
@@ -46,12 +46,16 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
         "small": {"train_bin_per_class": 20, "test_per_class": 5, "val_per_class": 2},
         "demo": {"train_bin_per_class": 500, "test_per_class": 100, "val_per_class": 50},
     },
+    "cifar10": {
+        "small": {"train_bin_per_class": 20, "test_per_class": 5, "val_per_class": 2},
+        "demo": {"train_bin_per_class": 5000, "test_per_class": 1000, "val_per_class": 500},
+    },
     "imagenet32": {
         "small": {"n_classes": 10, "per_class": 70, "n_train": 60},
         "demo": {"n_classes": 100, "per_class": 700, "n_train": 600},
     },
 }
-_DATASET_KEY = {"mnist": 1, "cifar100": 2, "imagenet32": 3}
+_DATASET_KEY = {"mnist": 1, "cifar100": 2, "imagenet32": 3, "cifar10": 4}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 2048
 
@@ -223,6 +227,56 @@ def write_cifar100_standin(
     return _finish(raw_dir, "cifar100", [cifar100.ARCHIVE], seed, facts)
 
 
+def write_cifar10_standin(
+    raw_dir: str | os.PathLike[str],
+    *,
+    train_bin_per_class: int,
+    test_per_class: int,
+    val_per_class: int,
+    seed: int = 0,
+) -> Path:
+    """Write ``cifar-10-binary.tar.gz`` (official members ``cifar-10-batches-bin/data_batch_1..5.bin``,
+    ``test_batch.bin``, ``batches.meta.txt``; 1 label byte + 3072 pixel bytes per record) +
+    ``standin.json``. The shuffled training records are cut into five files of (nearly) equal size, so
+    a file's class counts are unequal, as in the real files."""
+    raw_dir = Path(raw_dir)
+    if not 0 < val_per_class < train_bin_per_class or test_per_class < 1:
+        raise ValueError("need 0 < val_per_class < train_bin_per_class and test_per_class >= 1")
+    rng = _rng("cifar10", seed)
+    t = class_templates(rng, cifar10.N_CLASSES)
+
+    def records(per_class: int) -> np.ndarray:
+        labels = rng.permutation(np.repeat(np.arange(cifar10.N_CLASSES), per_class))
+        rec = np.empty((len(labels), cifar10.RECORD_BYTES), dtype=np.uint8)
+        rec[:, 0] = labels
+        rec[:, 1:] = render_templates(rng, t, labels).reshape(len(labels), -1)
+        return rec
+
+    train, test = records(train_bin_per_class), records(test_per_class)
+    names = "".join(f"standin_class_{c}\n" for c in range(cifar10.N_CLASSES)).encode()
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_file(raw_dir / cifar10.ARCHIVE) as tmp,
+        open(tmp, "wb") as f,
+        gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=1) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
+    ):
+        folder = cifar10.FOLDER
+        _tar_add(tf, folder, None)
+        _tar_add(tf, f"{folder}/{cifar10.NAMES}", names)
+        for name, part in zip(
+            cifar10.TRAIN_BINS, np.array_split(train, len(cifar10.TRAIN_BINS)), strict=True
+        ):
+            _tar_add(tf, f"{folder}/{name}", part.tobytes())
+        _tar_add(tf, f"{folder}/{cifar10.TEST_BIN}", test.tobytes())
+    facts = {
+        "train_bin_per_class": train_bin_per_class,
+        "test_per_class": test_per_class,
+        "val_per_class": val_per_class,
+    }
+    return _finish(raw_dir, "cifar10", [cifar10.ARCHIVE], seed, facts)
+
+
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An uncompressed ``.npz`` (zip of ``.npy``) with fixed timestamps: byte-stable, no pickle."""
     buf = io.BytesIO()
@@ -277,6 +331,7 @@ def write_standin(dataset: str, raw_dir: str | os.PathLike[str], size: str = "sm
     (Path(raw_dir) / STANDIN_JSON).unlink(missing_ok=True)  # stale md5s must not vouch for new files
     writer = {
         "mnist": write_mnist_standin,
+        "cifar10": write_cifar10_standin,
         "cifar100": write_cifar100_standin,
         "imagenet32": write_imagenet32_standin,
     }[dataset]

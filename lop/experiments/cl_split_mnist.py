@@ -34,7 +34,8 @@ class CLSplitMNISTTrainer(TaskSequenceTrainer):
         xs, ys, xt, yt, self.stand_in = load_flat_digits(p.dataset, p.data_dir, p.n_train, p.n_test, device)
         data = split_tasks(xs, ys, xt, yt, p.n_tasks, p.classes_per_task)
         n_out = self.n_outputs(p.scenario, p.n_tasks, data.k)
-        net = MLPClassifier([xs.shape[1]] + [p.width] * p.depth + [n_out], p.activation, streams, init=p.init)
+        sizes = [xs.shape[1]] + [p.width] * p.depth + [n_out]
+        net = MLPClassifier(sizes, p.activation, streams, init=p.init, output_init=p.output_init)
         self.setup(
             data,
             net,

@@ -298,6 +298,7 @@ class CLSplitMNISTProblem:
     reset_optimizer: bool = True
     probe_examples: int = 500
     eval_batch: int = 2000
+    output_init: Literal["default", "zero"] = optional_field("default")  # zero: Zenke et al.'s output layer
 
     def validate(self) -> list[tuple[str, str]]:
         return (
@@ -333,14 +334,37 @@ class CLSplitCIFAR100Problem:
     probe_examples: int = 500
     eval_batch: int = 1000
     verify_data: bool = True
+    # task 1 = CIFAR-10 (Zenke et al.'s variant) or CIFAR-100's first classes (the plain split)
+    first_task: Literal["cifar100", "cifar10"] = optional_field("cifar100")
+    cifar10_dir: str = optional_field("")  # the prepared CIFAR-10 read by first_task: cifar10
+    net: Literal["convnet", "zenke"] = optional_field("convnet")
+    output_init: Literal["default", "zero"] = optional_field("default")
 
     def validate(self) -> list[tuple[str, str]]:
+        c10 = self.first_task == "cifar10"
+        n_c100 = (self.n_tasks - 1 if c10 else self.n_tasks) * self.classes_per_task
         return (
             check(self.classes_per_task >= 2, "classes_per_task", "must be >= 2")
             + check(
-                0 < self.n_tasks * self.classes_per_task <= 100,
+                self.n_tasks > 0 and 0 <= n_c100 <= 100,
                 "n_tasks",
-                "n_tasks × classes_per_task must be within 1..100 (the classes)",
+                "n_tasks × classes_per_task must be within 1..100 (the classes; with first_task: cifar10 "
+                "the CIFAR-100 tasks are n_tasks − 1)",
+            )
+            + check(
+                not c10 or self.classes_per_task == 10,
+                "classes_per_task",
+                "must be 10 with first_task: cifar10 (task 1 is CIFAR-10's 10 classes)",
+            )
+            + check(
+                not c10 or bool(self.cifar10_dir),
+                "cifar10_dir",
+                "first_task: cifar10 reads the prepared CIFAR-10: set it (e.g. data/prepared/cifar10)",
+            )
+            + check(
+                c10 or not self.cifar10_dir,
+                "cifar10_dir",
+                "is read only with first_task: cifar10; set first_task: cifar10 or remove cifar10_dir",
             )
             + check(self.train_per_class >= 0, "train_per_class", "must be >= 0 (0 = all)")
             + check(self.test_per_class >= 0, "test_per_class", "must be >= 0 (0 = all)")

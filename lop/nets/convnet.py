@@ -8,7 +8,8 @@ ConvNet (177,218 parameters per run for 2 outputs)::
     flatten (C, H, W order: 512) → fc1 512→128 → ReLU → fc2 128→128 → ReLU → fc3 128→n_out
 
 PyTorch default initialisation: weights and biases U(±1/sqrt(fan_in)), drawn from the per-run streams
-``init/<layer>/weight`` and ``init/<layer>/bias``. Convolutions run in the grouped layout of
+``init/<layer>/weight`` and ``init/<layer>/bias``; ``output_init="zero"`` sets fc3's weights and bias to
+zero instead (Zenke et al.'s zero-initialised output layer; the other layers' draws are unchanged). Convolutions run in the grouped layout of
 `lop.nets.batched_conv` (all S runs in one conv call).
 """
 
@@ -49,11 +50,15 @@ class ConvNet(SeedBatchedNet):
         n_out: int = 2,
         channels_last: bool = True,
         dtype: torch.dtype = torch.float32,
+        output_init: Literal["default", "zero"] = "default",
     ) -> None:
+        if output_init not in ("default", "zero"):
+            raise ValueError(f"output_init must be 'default' or 'zero', got {output_init!r}")
         super().__init__(streams.n, streams.device, dtype)
         self.streams = streams
         self.n_out = n_out
         self.channels_last = channels_last
+        self.output_init = output_init
         self.fc_sizes: tuple[tuple[str, int, int], ...] = (
             ("fc1", CONV_LAYERS[-1][2] * LAST_SPATIAL, HIDDEN_FC),
             ("fc2", HIDDEN_FC, HIDDEN_FC),
@@ -75,6 +80,8 @@ class ConvNet(SeedBatchedNet):
         bound = torch_default_bound(fan_in)
         w = uniform_init(self.streams, f"init/{layer}/weight", shape, bound, counter)
         b = uniform_init(self.streams, f"init/{layer}/bias", shape[:1], bound, counter)
+        if layer == "fc3" and self.output_init == "zero":
+            w, b = torch.zeros_like(w), torch.zeros_like(b)
         return w.to(self.dtype), b.to(self.dtype)
 
     def reinit(self, counter: int) -> None:

@@ -5,11 +5,17 @@ layer order) and makes its weights autograd leaves, so that `lop.problems.image_
 and the task-sequence learner can train it like the conv nets: ``net(x)`` gives logits
 ``[S, B, out]``, ``net(x, return_activations=True)`` also the post-activation hidden layers by name
 (``layer1``, ``layer2``, ... — the names of `unit_layers`, so CBP and ReDo find them).
+
+``output_init="zero"`` sets the output layer's weights and biases to zero after the usual draw (Zenke
+et al.'s zero-initialised output layer): every logit is 0 at initialisation, the hidden layers are
+unchanged, and the first steps train the output layer only (the hidden layers get no gradient while
+the output weights are zero).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 
@@ -29,8 +35,16 @@ class MLPClassifier:
         streams: RunStreams,
         init: InitKind = "kaiming_uniform",
         output_gain: OutputGain = "activation",
+        output_init: Literal["default", "zero"] = "default",
     ) -> None:
+        if output_init not in ("default", "zero"):
+            raise ValueError(f"output_init must be 'default' or 'zero', got {output_init!r}")
         self.mlp = BatchedMLP(sizes, activation, streams, init=init, output_gain=output_gain)
+        self.output_init = output_init
+        if output_init == "zero":
+            with torch.no_grad():
+                for t in self.mlp.parameters()[-2:]:  # the output layer's weight and bias
+                    t.zero_()
         for t in self.mlp.parameters():
             t.requires_grad_(True)
         self.sizes = self.mlp.sizes

@@ -22,8 +22,10 @@ set is evaluated (row 0 of the accuracy matrix, the random-init baseline) and th
 task ``t`` then trains ``epochs_per_task`` epochs over its training examples (``joint: true``: over the
 union of tasks 1..t) in mini-batches of ``batch_size``, reshuffled every epoch from the run's seed; then
 the method layer's ``end_task`` point runs (consolidation), then ``at_boundary`` (ReDo) with a probe
-batch, then every task is tested. Metrics at step ``i`` (= tasks trained): ``test_accuracy/task_<j>``
-for every ``j`` (the accuracy matrix R[i, j]), ``train_loss``/``train_accuracy`` (means over the task's
+batch, then every task is tested. A network with a training mode (dropout) is in training mode only
+for the updates of a task; tests, probes and the end-of-task statistics run in evaluation mode. Metrics
+at step ``i`` (= tasks trained): ``test_accuracy/task_<j>`` for every ``j`` (the accuracy matrix R[i, j]),
+``train_loss``/``train_accuracy`` (means over the task's
 last epoch, data term only), and the plasticity probes on the first ``probe_examples`` test examples
 of task ``max(i, 1)``: ``dead_units/<layer>``, ``dormant_units/<layer>`` (active on < 1 % of the probe),
 ``effective_rank/<layer>`` and ``stable_rank/<layer>`` (fully connected layers), ``weight_magnitude``.
@@ -225,8 +227,16 @@ class TaskSequenceTrainer(Trainer):
         return batches
 
     # ---- training ----------------------------------------------------------------------------------
+    def set_training(self, mode: bool) -> None:
+        """Training or evaluation mode of a network that has one (dropout: `lop.nets.zenke_convnet`);
+        the updates run in training mode, everything else (tests, probes, end-of-task statistics) in
+        evaluation mode."""
+        if hasattr(self.net, "training"):
+            self.net.training = mode
+
     def train_unit(self, unit: int) -> list[MetricBlock]:
         blocks: list[MetricBlock] = []
+        self.set_training(False)
         if unit == 0:
             blocks += self.evaluate(0) + self.probe(0)
         task, s, dev = unit + 1, self.streams.n, self.streams.device
@@ -242,6 +252,7 @@ class TaskSequenceTrainer(Trainer):
         t = int(self.step_count)
         loss_sum = torch.zeros(s, device=dev)
         acc_sum = torch.zeros(s, device=dev)
+        self.set_training(True)
         for epoch in range(self.epochs):
             order = self.streams.permutation("cl/order", unit * self.epochs + epoch, n)
             rows, rtasks = pool_rows[order], pool_tasks[order]
@@ -255,6 +266,7 @@ class TaskSequenceTrainer(Trainer):
                     loss_sum += loss
                     acc_sum += acc
         self.step_count.fill_(t)
+        self.set_training(False)
         self.learner.end_task(task, self.task_batches(unit), n_logits)
         if self.learner.methods.has_boundary:
             probe_x = self.probe_batch(unit, train)

@@ -79,6 +79,8 @@ class DENTrainerMixin:
         p = self.p
         if getattr(p, "activation", "relu") != "relu":
             raise ConfigError("problem.activation", "DEN's network is ReLU; set activation: relu")
+        if getattr(p, "output_init", "default") != "default":
+            raise ConfigError("problem.output_init", "DEN grows its own network; set output_init: default")
         self.data, self.streams, self.scenario = data, streams, scenario
         self.epochs, self.batch_size, self.eval_batch = epochs_per_task, batch_size, eval_batch
         self.n_units = data.n_tasks

@@ -7,7 +7,7 @@
 # data/prepared/), so Snakemake prepares exactly the data the scheduled jobs need. ImageNet32 is never
 # downloaded: its rule fails with the licence instructions until the official zip is in data/raw/imagenet32.
 
-DATASETS = ("mnist", "cifar100", "imagenet32")
+DATASETS = ("mnist", "cifar10", "cifar100", "imagenet32")
 
 
 wildcard_constraints:
