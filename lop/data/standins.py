@@ -12,15 +12,14 @@ and formats plus the marker ``standin.json`` (generator, seed, sizes, md5 of eve
   gratings of class-specific frequency, orientation and phase); every image is its class template with a
   random shift, horizontal flip, contrast and brightness, plus a random distractor grating and Gaussian
   pixel noise. A small convnet separates the classes well above chance but not perfectly.
-* ImageNet32, ``style="textures"`` (the demo size): each class is a *texture*, one full-image grating of
-  class-specific frequency and orientation drawn at a uniformly random phase (a random translation) in a
-  random colour, on a background whose mean colour carries a weak class-specific offset, plus Gaussian
-  pixel noise. Over random phases the grating averages to zero, so a linear classifier of the pixels can
-  use only the colour offset (≈ 70–75 % on a pair of classes), while a convnet (local filters, ReLU,
-  max-pooling: a translation-invariant energy detector) separates the pair almost perfectly within a few
-  dozen steps once its filters are tuned. This is the smallest stream on which the Continual ImageNet
-  ConvNet trained by backprop first beats the linear network and then falls to its level
-  (docs/image-experiments.md).
+* ImageNet32, ``style="textures"`` (an option of `write_imagenet32_standin`; the sizes in `SIZES` use
+  the templates): each class is a *texture*, one full-image grating of class-specific frequency and
+  orientation drawn at a uniformly random phase (a random translation) in a random colour, on a
+  background whose mean colour carries a weak class-specific offset, plus Gaussian pixel noise. Over
+  random phases the grating averages to zero, so a linear classifier of the pixels can use only the
+  colour offset (≈ 70 % on a pair of classes), while a convnet (local filters, ReLU, max-pooling: a
+  translation-invariant energy detector) can separate a pair almost perfectly. Tried as a demo stream
+  for Continual ImageNet (docs/image-experiments.md records what it showed).
 
 Data generation uses a numpy ``Generator`` seeded from (seed, dataset); the bytes (and so the md5s) are a
 function of the arguments alone (gzip/tar/zip timestamps fixed).
@@ -57,7 +56,7 @@ SIZES: dict[str, dict[str, dict[str, int | str]]] = {
     },
     "imagenet32": {
         "small": {"n_classes": 10, "per_class": 70, "n_train": 60},
-        "demo": {"n_classes": 100, "per_class": 700, "n_train": 600, "style": "textures"},
+        "demo": {"n_classes": 100, "per_class": 700, "n_train": 600},
     },
 }
 _DATASET_KEY = {"mnist": 1, "cifar100": 2, "imagenet32": 3}
