@@ -28,6 +28,7 @@ def test_digits():
         ("mnist", {"n_train": 50, "n_test": 10}),
         ("cifar100", {"train_bin_per_class": 2, "test_per_class": 1, "val_per_class": 1}),
         ("imagenet32", {"n_classes": 3, "per_class": 5, "n_train": 4}),
+        ("imagenet32", {"n_classes": 3, "per_class": 5, "n_train": 4, "style": "textures"}),
     ],
 )
 def test_byte_stable_for_a_seed(tmp_path, dataset, kwargs):
@@ -57,6 +58,42 @@ def test_template_images_are_learnable_but_not_trivial():
     assert 0.35 < acc < 0.95
     # images of one class differ (shift/flip/noise): no two are identical
     assert len({x.tobytes() for x in x_train}) == len(x_train)
+
+
+def test_texture_classes_need_translation_invariant_features():
+    """Texture stand-in: class = grating of its own frequency/orientation at a random phase. A nearest class
+    mean on the pixels (a linear read-out) sees only the weak colour cue; on the phase-free amplitude
+    spectrum (what a convnet's filters + ReLU + pooling can compute) the classes separate."""
+    rng = np.random.default_rng(0)
+    t = standins.texture_classes(rng, 10)
+    y_train, y_test = np.repeat(np.arange(10), 40), np.repeat(np.arange(10), 20)
+    x_train, x_test = standins.render_textures(rng, t, y_train), standins.render_textures(rng, t, y_test)
+    assert x_train.dtype == np.uint8 and x_train.shape == (400, 3, 32, 32)
+
+    def nearest_mean(f_train: np.ndarray, f_test: np.ndarray) -> float:
+        centroids = np.stack([f_train[y_train == k].mean(0) for k in range(10)])
+        return float((np.argmin(((f_test[:, None] - centroids[None]) ** 2).sum(-1), 1) == y_test).mean())
+
+    def spectrum(x: np.ndarray) -> np.ndarray:
+        grey = x.astype(np.float64).mean(1)
+        grey -= grey.mean(axis=(1, 2), keepdims=True)
+        return np.abs(np.fft.fft2(grey)).reshape(len(x), -1)
+
+    pixels = nearest_mean(x_train.reshape(400, -1) / 255.0, x_test.reshape(200, -1) / 255.0)
+    invariant = nearest_mean(spectrum(x_train), spectrum(x_test))
+    assert invariant > 0.8
+    assert pixels < invariant - 0.25
+    # the random phase averages the grating out: a class's mean image is nearly flat
+    class_mean = x_train[y_train == 0].astype(np.float64).mean(0)
+    assert class_mean.std(axis=(1, 2)).max() < 0.25 * x_train[0].astype(np.float64).std(axis=(1, 2)).max()
+
+
+def test_imagenet32_style_is_recorded_and_checked(tmp_path):
+    standins.write_imagenet32_standin(tmp_path / "t", n_classes=2, per_class=3, n_train=2, style="textures")
+    assert json.loads((tmp_path / "t" / "standin.json").read_text())["style"] == "textures"
+    assert all("style" not in size for size in standins.SIZES["imagenet32"].values())  # templates
+    with pytest.raises(ValueError, match="unknown style"):
+        standins.write_imagenet32_standin(tmp_path / "u", n_classes=2, per_class=3, n_train=2, style="dots")
 
 
 def test_render_digits_shapes_and_labels():

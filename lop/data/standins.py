@@ -12,6 +12,14 @@ and formats plus the marker ``standin.json`` (generator, seed, sizes, md5 of eve
   gratings of class-specific frequency, orientation and phase); every image is its class template with a
   random shift, horizontal flip, contrast and brightness, plus a random distractor grating and Gaussian
   pixel noise. A small convnet separates the classes well above chance but not perfectly.
+* ImageNet32, ``style="textures"`` (an option of `write_imagenet32_standin`; the sizes in `SIZES` use
+  the templates): each class is a *texture*, one full-image grating of class-specific frequency and
+  orientation drawn at a uniformly random phase (a random translation) in a random colour, on a
+  background whose mean colour carries a weak class-specific offset, plus Gaussian pixel noise. Over
+  random phases the grating averages to zero, so a linear classifier of the pixels can use only the
+  colour offset (≈ 70 % on a pair of classes), while a convnet (local filters, ReLU, max-pooling: a
+  translation-invariant energy detector) can separate a pair almost perfectly. Tried as a demo stream
+  for Continual ImageNet (docs/image-experiments.md records what it showed).
 
 Data generation uses a numpy ``Generator`` seeded from (seed, dataset); the bytes (and so the md5s) are a
 function of the arguments alone (gzip/tar/zip timestamps fixed).
@@ -37,7 +45,7 @@ from lop.data.idx import write_idx
 from lop.data.raw import STANDIN_JSON
 
 GENERATOR = "lop.data.standins"
-SIZES: dict[str, dict[str, dict[str, int]]] = {
+SIZES: dict[str, dict[str, dict[str, int | str]]] = {
     "mnist": {
         "small": {"n_train": 6000, "n_test": 1000},
         "demo": {"n_train": 60000, "n_test": 10000},
@@ -163,6 +171,52 @@ def render_templates(rng: np.random.Generator, t: dict[str, np.ndarray], labels:
             )
             img += rng.uniform(-40.0, 40.0, (n, 3)).astype(f32)[:, :, None, None] * d[:, None]
         img += rng.standard_normal(img.shape, dtype=f32) * f32(25.0)
+        out[start : start + n] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return out
+
+
+TEXTURE = {
+    "freq": (3.0, 8.0),  # cycles per 32 pixels: resolvable by 5x5 filters, never a constant image
+    "amplitude": 110.0,  # grating amplitude (grey levels) of the largest colour channel
+    "background": (90.0, 165.0),  # per-image mean colour, uniform per channel
+    "class_offset": 40.0,  # class-specific background offset, uniform in ±40 per channel: the linear cue
+    "noise": 15.0,  # Gaussian pixel noise (grey levels)
+}
+
+
+def texture_classes(rng: np.random.Generator, n_classes: int) -> dict[str, np.ndarray]:
+    """Per-class texture parameters: grating frequency (cycles per 32 px), orientation and colour offset."""
+    lo, hi = TEXTURE["freq"]
+    off = TEXTURE["class_offset"]
+    return {
+        "freq": rng.uniform(lo, hi, n_classes),
+        "theta": rng.uniform(0.0, np.pi, n_classes),
+        "offset": rng.uniform(-off, off, (n_classes, 3)),
+    }
+
+
+def render_textures(rng: np.random.Generator, t: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """Images uint8 [n, 3, 32, 32] of classes ``labels`` (0-based) from texture classes ``t``.
+
+    ``img[c, y, x] = b_c + o[label, c] + A·u_c·sin(2π f (x cos θ + y sin θ)/32 + φ) + ε``, with per-image
+    background ``b ~ U(90, 165)³``, colour ``u = v / max|v|``, ``v ~ U(-1, 1)³``, phase ``φ ~ U(0, 2π)``
+    and noise ``ε ~ N(0, 15²)`` per pixel; ``(f, θ, o)`` are the class's (`texture_classes`).
+    """
+    out = np.empty((len(labels), 3, 32, 32), dtype=np.uint8)
+    coords = np.arange(32, dtype=np.float32)
+    f32 = np.float32
+    lo, hi = TEXTURE["background"]
+    for start in range(0, len(labels), _CHUNK):
+        lab = labels[start : start + _CHUNK]
+        n = len(lab)
+        phase = rng.uniform(0.0, 2 * np.pi, n)
+        colour = rng.uniform(-1.0, 1.0, (n, 3))
+        colour *= TEXTURE["amplitude"] / np.abs(colour).max(axis=1, keepdims=True)
+        base = rng.uniform(lo, hi, (n, 3)) + t["offset"][lab]
+        xs = np.broadcast_to(coords, (n, 32))
+        g = _grating(t["freq"][lab], t["theta"][lab], phase, xs, xs)  # [n, 32(y), 32(x)]
+        img = base.astype(f32)[:, :, None, None] + colour.astype(f32)[:, :, None, None] * g[:, None]
+        img += rng.standard_normal(img.shape, dtype=f32) * f32(TEXTURE["noise"])
         out[start : start + n] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return out
 
@@ -295,19 +349,26 @@ def write_imagenet32_standin(
     n_train: int,
     seed: int = 0,
     compress: bool = False,
+    style: str = "templates",
 ) -> Path:
     """Write ``Imagenet32_train_npz.zip`` (members ``Imagenet32_train_npz/train_data_batch_1..10.npz`` with
     ``data`` N×3072 uint8 CHW, ``labels`` 1..C int64, ``mean``) + ``standin.json``. Each class has
     ``per_class`` images plus up to 10% extra (so the first-in-file-order selection matters); the rows are
-    shuffled across the 10 batches."""
+    shuffled across the 10 batches. ``style``: ``templates`` (class templates, `render_templates`) or
+    ``textures`` (random-phase texture classes, `render_textures`; see the module doc)."""
     raw_dir = Path(raw_dir)
     if not 0 < n_train < per_class or n_classes < 2:
         raise ValueError("need 0 < n_train < per_class and n_classes >= 2")
+    if style not in ("templates", "textures"):
+        raise ValueError(f"unknown style {style!r}; choose 'templates' or 'textures'")
     rng = _rng("imagenet32", seed)
-    t = class_templates(rng, n_classes)
+    classes, render = (
+        (class_templates, render_templates) if style == "templates" else (texture_classes, render_textures)
+    )
+    t = classes(rng, n_classes)
     counts = per_class + rng.integers(0, per_class // 10 + 1, n_classes)
     labels = rng.permutation(np.repeat(np.arange(n_classes), counts))
-    images = render_templates(rng, t, labels).reshape(len(labels), -1)
+    images = render(rng, t, labels).reshape(len(labels), -1)
     raw_dir.mkdir(parents=True, exist_ok=True)
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_file(raw_dir / imagenet32.ZIP_NAME) as tmp, zipfile.ZipFile(tmp, "w", method) as zf:
@@ -320,7 +381,7 @@ def write_imagenet32_standin(
             info = zipfile.ZipInfo(f"Imagenet32_train_npz/train_data_batch_{k}.npz", date_time=_ZIP_DATE)
             info.compress_type = method
             zf.writestr(info, payload)
-    facts = {"n_classes": n_classes, "per_class": per_class, "n_train": n_train}
+    facts = {"n_classes": n_classes, "per_class": per_class, "n_train": n_train, "style": style}
     return _finish(raw_dir, "imagenet32", [imagenet32.ZIP_NAME], seed, facts)
 
 
