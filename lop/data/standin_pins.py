@@ -132,7 +132,7 @@ PINS: dict[tuple[str, str], dict[str, Any]] = {
         "prepared_facts": "0f180f4c3b868b9507e3e444ab9a34cdf827d3b611e7785de282179d43b53a28",
     },
     ("imagenet32", "small"): {
-        "facts": {"n_classes": 10, "n_train": 60, "per_class": 70},
+        "facts": {"n_classes": 10, "n_train": 60, "per_class": 70, "style": "templates"},
         "raw_md5": {
             "Imagenet32_train_npz.zip": "d56aaa19ce131d72b2f3ed2cdc1404b9",
         },
@@ -151,7 +151,7 @@ PINS: dict[tuple[str, str], dict[str, Any]] = {
         "prepared_facts": "5e97881acce616287fe4e832a4be7e964338235ffe427a232c1c4f2b556aa497",
     },
     ("imagenet32", "demo"): {
-        "facts": {"n_classes": 100, "n_train": 600, "per_class": 700},
+        "facts": {"n_classes": 100, "n_train": 600, "per_class": 700, "style": "templates"},
         "raw_md5": {
             "Imagenet32_train_npz.zip": "20cea597d505f57cd598f9322282c4c2",
         },
