@@ -5,7 +5,7 @@ Raw: ``cifar-10-binary.tar.gz`` whose folder ``cifar-10-batches-bin/`` holds fiv
 ``batches.meta.txt`` (the 10 class names, one per line). A record is 1 label byte (0..9) and 3072 pixel
 bytes (1024 R, 1024 G, 1024 B, each 32×32 row-major). The python distribution is a pickle and is not read.
 
-Prepared layout (the same as CIFAR-100's, `lop.data.cifar100`): ``train_images.npy`` uint8
+Prepared layout (the same as CIFAR-100's; shared code in `lop.data.cifar_common`): ``train_images.npy`` uint8
 [50000, 3, 32, 32] (NCHW; the five training files concatenated in order), ``train_labels.npy`` uint8,
 ``test_images.npy`` uint8 [10000, 3, 32, 32], ``test_labels.npy``, ``train_index.npy`` / ``val_index.npy``
 (int64 indices into train; 4,500 / 500 per class), ``manifest.json``.
@@ -16,21 +16,18 @@ Validation split (seed-independent): the last 500 images of each class, in file 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lop.data.cifar_common import (
     count_mismatch,
+    extracted_archive,
     load_arrays,
-    split_sizes,
     verify_counts,
     write_artifact,
 )
-from lop.data.download import download, safe_extract_tar
-from lop.data.raw import identify_raw
+from lop.data.download import download
 from lop.errors import DataError
 
 DATASET = "cifar10"
@@ -72,13 +69,6 @@ def parse_records(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
 
 
-def _missing(raw_dir: Path) -> str:
-    return (
-        f"Put the official {ARCHIVE} (md5 {MD5}) in {raw_dir} (`lop data download cifar10 --raw {raw_dir}` "
-        f"fetches it), or write a stand-in with `lop data standin cifar10 --raw {raw_dir}`"
-    )
-
-
 def _read_split(folder: Path, names: tuple[str, ...], archive: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for name in names:
@@ -97,29 +87,17 @@ def prepare_cifar10(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     write the artifact."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     archive = raw_dir / ARCHIVE
-    source, standin, md5s = identify_raw(
-        raw_dir,
-        {ARCHIVE: MD5},
-        DATASET,
-        missing=_missing(raw_dir),
-        fix=f"delete it and run `lop data download cifar10 --raw {raw_dir}`",
-    )
-    sizes = split_sizes(standin, raw_dir, (TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS))
-    train_pc, test_pc, val_pc = sizes
-    work = Path(tempfile.mkdtemp(prefix=".cifar10.", suffix=".extract", dir=raw_dir))
-    try:
-        safe_extract_tar(archive, work)
-        folder = work / FOLDER
+    official = (TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS)
+    with extracted_archive(raw_dir, DATASET, ARCHIVE, MD5, FOLDER, official) as ex:
         parsed = {
-            "train": _read_split(folder, TRAIN_BINS, archive),
-            "test": _read_split(folder, (TEST_BIN,), archive),
+            "train": _read_split(ex.folder, TRAIN_BINS, archive),
+            "test": _read_split(ex.folder, (TEST_BIN,), archive),
         }
-        names_path = folder / NAMES
+        names_path = ex.folder / NAMES
         if not names_path.is_file():
             raise DataError(f"{archive}: has no member {FOLDER}/{NAMES}; download it again")
         names = [s.strip() for s in names_path.read_text(encoding="utf-8").splitlines() if s.strip()]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    train_pc, test_pc, val_pc = ex.sizes
     for split, per_class in (("train", train_pc), ("test", test_pc)):
         bad = count_mismatch(parsed[split][1], per_class, N_CLASSES)
         if bad is not None:
@@ -132,15 +110,15 @@ def prepare_cifar10(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     return write_artifact(
         out_dir,
         DATASET,
-        source,
+        ex.source,
         parsed,
-        sizes,
+        ex.sizes,
         N_CLASSES,
         {
             "layout": "NCHW uint8, channels R,G,B",
             "split": SPLIT_RULE.format(v=val_pc),
             "class_names": names,
-            "raw_md5": md5s,
+            "raw_md5": ex.md5s,
         },
     )
 

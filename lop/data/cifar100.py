@@ -14,21 +14,18 @@ are validation; the first 450 are training.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lop.data.cifar_common import (
     count_mismatch,
+    extracted_archive,
     load_arrays,
-    split_sizes,
     verify_counts,
     write_artifact,
 )
-from lop.data.download import download, safe_extract_tar
-from lop.data.raw import identify_raw
+from lop.data.download import download
 from lop.errors import DataError
 
 DATASET = "cifar100"
@@ -81,33 +78,16 @@ def _read_names(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _missing(raw_dir: Path) -> str:
-    return (
-        f"Put the official {ARCHIVE} (md5 {MD5}) in {raw_dir} (`lop data download cifar100 --raw {raw_dir}` "
-        f"fetches it), or write a stand-in with `lop data standin cifar100 --raw {raw_dir}`"
-    )
-
-
 def prepare_cifar100(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Verify the archive (official md5 or ``standin.json``), extract it safely, parse, validate
     (record size, label range, per-class counts), split train/validation and write the artifact."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    source, standin, md5s = identify_raw(
-        raw_dir,
-        {ARCHIVE: MD5},
-        DATASET,
-        missing=_missing(raw_dir),
-        fix=f"delete it and run `lop data download cifar100 --raw {raw_dir}`",
-    )
-    sizes = split_sizes(standin, raw_dir, (TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS))
-    train_pc, test_pc, val_pc = sizes
-    work = Path(tempfile.mkdtemp(prefix=".cifar100.", suffix=".extract", dir=raw_dir))
-    try:
-        safe_extract_tar(raw_dir / ARCHIVE, work)
-        folder = work / FOLDER
+    official = (TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS)
+    with extracted_archive(raw_dir, DATASET, ARCHIVE, MD5, FOLDER, official) as ex:
+        train_pc, test_pc, val_pc = ex.sizes
         parsed = {}
         for split, fname, per_class in (("train", TRAIN_BIN, train_pc), ("test", TEST_BIN, test_pc)):
-            path = folder / fname
+            path = ex.folder / fname
             if not path.is_file():
                 raise DataError(f"{raw_dir / ARCHIVE}: has no member {FOLDER}/{fname}; download it again")
             images, fine, _ = parse_records(path)
@@ -118,10 +98,8 @@ def prepare_cifar100(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike
                     f"{per_class} per class; the archive is not the expected CIFAR-100 binary distribution"
                 )
             parsed[split] = (images, fine)
-        fine_names = _read_names(folder / FINE_NAMES)
-        coarse_names = _read_names(folder / COARSE_NAMES)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        fine_names = _read_names(ex.folder / FINE_NAMES)
+        coarse_names = _read_names(ex.folder / COARSE_NAMES)
     if len(fine_names) != N_CLASSES or len(coarse_names) != N_COARSE:
         raise DataError(
             f"{raw_dir / ARCHIVE}: label-name files list {len(fine_names)}/{len(coarse_names)} names"
@@ -129,16 +107,16 @@ def prepare_cifar100(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     return write_artifact(
         out_dir,
         DATASET,
-        source,
+        ex.source,
         parsed,
-        sizes,
+        ex.sizes,
         N_CLASSES,
         {
             "layout": "NCHW uint8, channels R,G,B; labels = fine labels",
             "split": SPLIT_RULE.format(v=val_pc),
             "class_names": fine_names,
             "coarse_names": coarse_names,
-            "raw_md5": md5s,
+            "raw_md5": ex.md5s,
         },
     )
 

@@ -11,6 +11,11 @@ record parsing and their own messages.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,8 @@ from lop.data.artifact import (
     prepare_command,
     read_manifest,
 )
-from lop.data.raw import standin_size
+from lop.data.download import safe_extract_tar
+from lop.data.raw import identify_raw, standin_size
 from lop.errors import DataError
 
 LAYOUTS: dict[str, tuple[tuple[int | None, ...], str]] = {
@@ -82,6 +88,43 @@ def split_sizes(
     test_pc = standin_size(standin, "test_per_class", raw_dir, 10 * test_official)
     val_pc = standin_size(standin, "val_per_class", raw_dir, train_pc - 1 if train_pc > 1 else 1)
     return train_pc, test_pc, val_pc
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """An identified and extracted raw archive: ``folder`` = the archive's top folder in a temporary
+    extraction (deleted on leaving `extracted_archive`), ``source`` / ``md5s`` as from `identify_raw`,
+    ``sizes`` as from `split_sizes`."""
+
+    folder: Path
+    source: str
+    md5s: dict[str, str]
+    sizes: tuple[int, int, int]
+
+
+@contextmanager
+def extracted_archive(
+    raw_dir: Path, dataset: str, archive: str, md5: str, folder: str, official: tuple[int, int, int]
+) -> Iterator[Extracted]:
+    """Verify ``raw_dir / archive`` (the official md5 or a ``standin.json``), read the split sizes
+    (`split_sizes`) and extract the archive safely into a temporary folder in ``raw_dir``, removed on exit."""
+    source, standin, md5s = identify_raw(
+        raw_dir,
+        {archive: md5},
+        dataset,
+        missing=(
+            f"Put the official {archive} (md5 {md5}) in {raw_dir} (`lop data download {dataset} --raw "
+            f"{raw_dir}` fetches it), or write a stand-in with `lop data standin {dataset} --raw {raw_dir}`"
+        ),
+        fix=f"delete it and run `lop data download {dataset} --raw {raw_dir}`",
+    )
+    sizes = split_sizes(standin, raw_dir, official)
+    work = Path(tempfile.mkdtemp(prefix=f".{dataset}.", suffix=".extract", dir=raw_dir))
+    try:
+        safe_extract_tar(raw_dir / archive, work)
+        yield Extracted(work / folder, source, md5s, sizes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_artifact(
