@@ -24,10 +24,9 @@ import numpy as np
 from lop.data.artifact import (
     ArtifactWriter,
     check_layout,
-    default_raw_dir,
     load_array,
+    open_prepared,
     prepare_command,
-    read_manifest,
 )
 from lop.data.download import safe_extract_tar
 from lop.data.raw import identify_raw, standin_size
@@ -165,14 +164,7 @@ def load_arrays(
     """Read the manifest and the six arrays of `LAYOUTS` (sha256-verified unless ``verify=False``), check
     their layouts and that train/validation indices partition the training set. Returns the arrays (keyed
     by file name without ``.npy``) and the fix hint used in messages."""
-    cmd = prepare_command(dataset, prepared_dir)
-    raw = default_raw_dir(prepared_dir, dataset)
-    missing = (
-        f"{prepared_dir}: no prepared {title} (manifest.json missing). Put the official {archive} in {raw} "
-        f"(or run `lop data download {dataset} --raw {raw}`), then run `{cmd}`"
-    )
-    m = read_manifest(prepared_dir, dataset, missing)
-    fix = f"re-run `{cmd}`"
+    m, fix = open_prepared(prepared_dir, dataset, title, f"the official {archive}")
     out = {}
     for name, (shape, dtype) in LAYOUTS.items():
         a = load_array(prepared_dir, m, name, verify=verify, mmap=False, fix=fix)
