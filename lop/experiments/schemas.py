@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from lop.config import MethodConfig, check, optional_field
+from lop.data.mtil_order import ORDER_I as MTIL_ORDER_I
 from lop.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -638,20 +639,6 @@ class MujocoProblem(PPOProblem):
     total_steps: int = 50_000_000
 
 
-# MTIL Order I (= `lop.data.mtil.ORDER_I`, which the data layer reads; a test checks they agree)
-MTIL_ORDER_I = (
-    "aircraft",
-    "caltech101",
-    "cifar100",
-    "dtd",
-    "eurosat",
-    "flowers",
-    "food",
-    "mnist",
-    "pets",
-    "cars",
-    "sun397",
-)
 # the published per-task learning rates divided by the method's 1e-3 (Order I)
 PAPER_LR_FACTORS = (5.0, 1.0, 5.0, 1.0, 0.1, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0)
 
