@@ -225,23 +225,7 @@ class MoECifarTrainer(ClipAdapterTrainer):
                 self.adapters.ctx.noise, self.adapters.ctx.step = True, u * self.iters + it
             img, txt = self.embed(x_flat[idx], tokens, adapters=True)
             logits = self.logit_scale() * torch.bmm(img, txt.transpose(1, 2))  # [S, B, c]
-            ce = (
-                F.cross_entropy(
-                    logits.flatten(0, 1),
-                    y_flat[idx].flatten(),
-                    reduction="none",
-                    label_smoothing=self.cfg.label_smoothing,
-                )
-                .view(s, -1)
-                .mean(1)
-            )
-            bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
-            loss = ce + self.balance_weight * bal
-            bad = ~torch.isfinite(loss)
-            self.mark_diverged(bad, u + 1)
-            for p in self.model.params.values():
-                p.grad = None
-            torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+            ce, bal = self.backward_loss(logits, y_flat[idx], u)
             factor = cosine_factor(it, self.iters, self.cfg.warmup_steps)
             if self.sgd:
                 with torch.no_grad():

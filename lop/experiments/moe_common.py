@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from lop.algos.adamw import RunAdamW
 from lop.algos.ddas import TaskAutoencoders
@@ -142,6 +143,32 @@ class ClipAdapterTrainer(Trainer):
         )
         self.acc = torch.full((s, t + 1, t), float("nan"), dtype=torch.float64, device=device)
         self.init_divergence(s, device)
+
+    def backward_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, unit: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per run, L = CE(logits ``[S, B, C]``, labels ``[S, B]``; label smoothing ``cfg.label_smoothing``,
+        mean over the batch) + balance_weight · balance loss of the adapters (0 without adapters); runs whose
+        L is not finite are marked diverged at step ``unit + 1`` and get no gradient. Clears the trained
+        tensors' gradients, back-propagates ΣL and returns (CE, balance loss) ``[S]``."""
+        ce = (
+            F.cross_entropy(
+                logits.flatten(0, 1),
+                labels.flatten(),
+                reduction="none",
+                label_smoothing=self.cfg.label_smoothing,
+            )
+            .view(labels.shape[0], -1)
+            .mean(1)
+        )
+        bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
+        loss = ce + self.balance_weight * bal
+        bad = ~torch.isfinite(loss)
+        self.mark_diverged(bad, unit + 1)
+        for p in self.model.params.values():
+            p.grad = None
+        torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+        return ce, bal
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The backbone tensors the forward pass uses: the frozen ones, with the trained copies over them

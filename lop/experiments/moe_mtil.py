@@ -120,23 +120,7 @@ class MoEMtilTrainer(ClipAdapterTrainer):
                 F.normalize(img, dim=-1), F.normalize(txt, dim=-1).transpose(1, 2)
             )
             y = self.labels(ds.train_labels, idx)
-            ce = (
-                F.cross_entropy(
-                    logits.flatten(0, 1),
-                    y.flatten(),
-                    reduction="none",
-                    label_smoothing=self.cfg.label_smoothing,
-                )
-                .view(s, -1)
-                .mean(1)
-            )
-            bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
-            loss = ce + self.balance_weight * bal
-            bad = ~torch.isfinite(loss)
-            self.mark_diverged(bad, u + 1)
-            for p in self.model.params.values():
-                p.grad = None
-            torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+            ce, bal = self.backward_loss(logits, y, u)
             self.opt.step(
                 cosine_factor(it, self.p.iterations, self.cfg.warmup_steps) * self.p.lr_factors[u], masks
             )
