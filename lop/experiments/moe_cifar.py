@@ -316,10 +316,7 @@ class MoECifarTrainer(ClipAdapterTrainer):
             acc0, _, _ = self.evaluate(1, trained=False)
             self.acc[:, 0, 0] = acc0[:, 0]
             out.append(self.metric("test_accuracy/task_1", 0, acc0[:, 0]))
-        if self.cfg.mode != "zero_shot":
-            loss, bal = self.train_task(unit)
-            out.append(self.metric("train_loss", unit + 1, loss))
-            out.append(self.metric("balance_loss", unit + 1, bal))
+        out += self.train_metrics(unit)
         if self.cfg.ddas != "off":
             feats = self.frozen_features(self.train_x[unit * self.c : (unit + 1) * self.c].flatten(0, 1))
             steps = self.cfg.ddas_steps_first if unit == 0 else self.cfg.ddas_steps
@@ -333,14 +330,7 @@ class MoECifarTrainer(ClipAdapterTrainer):
         if self.cfg.ddas != "off":
             out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
             out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
-        if self.model.params:
-            with torch.no_grad():
-                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
-                sizes = [p[0].numel() for p in self.model.params.values()]
-                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
-            out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
-        if self.adapters is not None:
-            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
+        out += self.adapter_metrics(unit + 1)
         if unit + 1 == self.n_units:
             seen_rows = torch.nanmean(self.acc[:, 1:, :], dim=2)  # A_k, equal tasks
             out.append(self.metric("avg_accuracy", unit + 1, seen_rows.mean(1)))

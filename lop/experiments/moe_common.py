@@ -21,7 +21,7 @@ from lop.algos.adamw import RunAdamW
 from lop.algos.ddas import TaskAutoencoders
 from lop.config import MoEAdaptersConfig
 from lop.errors import ConfigError
-from lop.experiments.base import RunSpec, Trainer, set_method_keys
+from lop.experiments.base import MetricBlock, RunSpec, Trainer, set_method_keys
 from lop.experiments.schemas import MoECifarProblem, MoEMtilProblem
 from lop.nets.clip import ARCHS, load_clip_state, random_clip_state
 from lop.nets.clip_tokenizer import BPETokenizer, ByteTokenizer
@@ -169,6 +169,32 @@ class ClipAdapterTrainer(Trainer):
             p.grad = None
         torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
         return ce, bal
+
+    def train_task(self, u: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train task ``u``; returns the mean training loss and balance loss ``[S]`` (subclasses)."""
+        raise NotImplementedError
+
+    def train_metrics(self, unit: int) -> list[MetricBlock]:
+        """Train task ``unit`` unless ``mode: zero_shot``: ``train_loss`` and ``balance_loss`` at step
+        ``unit + 1``."""
+        if self.cfg.mode == "zero_shot":
+            return []
+        loss, bal = self.train_task(unit)
+        return [self.metric("train_loss", unit + 1, loss), self.metric("balance_loss", unit + 1, bal)]
+
+    def adapter_metrics(self, step: int) -> list[MetricBlock]:
+        """``adapter_weight_magnitude`` (mean |θ| over every element of the trained tensors, per run) when
+        anything is trained, and ``adapter_dormant_units`` with adapters."""
+        out = []
+        if self.model.params:
+            with torch.no_grad():
+                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
+                sizes = [p[0].numel() for p in self.model.params.values()]
+                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
+            out.append(self.metric("adapter_weight_magnitude", step, mag))
+        if self.adapters is not None:
+            out.append(self.metric("adapter_dormant_units", step, self.adapters.dormant_fraction()))
+        return out
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The backbone tensors the forward pass uses: the frozen ones, with the trained copies over them

@@ -224,10 +224,7 @@ class MoEMtilTrainer(ClipAdapterTrainer):
         out: list[MetricBlock] = []
         if unit == 0:
             out += self._row(0, self.evaluate(0)[0])
-        if self.cfg.mode != "zero_shot":
-            loss, bal = self.train_task(unit)
-            out.append(self.metric("train_loss", unit + 1, loss))
-            out.append(self.metric("balance_loss", unit + 1, bal))
+        out += self.train_metrics(unit)
         if self.cfg.ddas != "off":
             ds = self.data[unit]
             steps = self.cfg.ddas_steps_first if unit == 0 else self.cfg.ddas_steps
@@ -241,14 +238,7 @@ class MoEMtilTrainer(ClipAdapterTrainer):
             out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
             if unit + 1 < self.n_units:  # no untrained task is left after the last step
                 out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
-        if self.model.params:
-            with torch.no_grad():
-                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
-                sizes = [p[0].numel() for p in self.model.params.values()]
-                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
-            out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
-        if self.adapters is not None:
-            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
+        out += self.adapter_metrics(unit + 1)
         if unit + 1 == self.n_units:
             summary = cl_metrics.mtil_summaries(self.acc.cpu().numpy())
             for name in cl_metrics.MTIL_METRICS:
