@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from lop.data.cifar_common import (
+    check_label_range,
     count_mismatch,
     extracted_archive,
     load_arrays,
+    read_records,
     verify_counts,
     write_artifact,
 )
@@ -55,18 +57,10 @@ def download_cifar10(raw_dir: str | os.PathLike[str], url: str = URL, *, timeout
 def parse_records(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Parse a CIFAR-10 ``.bin`` file into (images [N,3,32,32] uint8, labels [N] uint8)."""
     path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD_BYTES:
-        raise DataError(
-            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte records; the file is "
-            "truncated or not a CIFAR-10 binary file: download the archive again"
-        )
-    rec = raw.reshape(-1, RECORD_BYTES)
-    labels = rec[:, 0].copy()
-    if labels.max() >= N_CLASSES:
-        bad = int(np.argmax(labels >= N_CLASSES))
-        raise DataError(f"{path}: record {bad} has label {int(labels[bad])}, outside 0..{N_CLASSES - 1}")
-    return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
+    images, labels = read_records(path, 1, "CIFAR-10")
+    labels = labels[:, 0].copy()
+    check_label_range(path, labels, N_CLASSES)
+    return images, labels
 
 
 def _read_split(folder: Path, names: tuple[str, ...], archive: Path) -> tuple[np.ndarray, np.ndarray]:

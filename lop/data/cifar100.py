@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from lop.data.cifar_common import (
+    check_label_range,
     count_mismatch,
     extracted_archive,
     load_arrays,
+    read_records,
     verify_counts,
     write_artifact,
 )
@@ -52,23 +54,10 @@ def download_cifar100(raw_dir: str | os.PathLike[str], url: str = URL, *, timeou
 def parse_records(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parse a CIFAR-100 ``.bin`` file into (images [N,3,32,32] uint8, fine [N] uint8, coarse [N] uint8)."""
     path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD_BYTES:
-        raise DataError(
-            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte records; the file is "
-            "truncated or not a CIFAR-100 binary file: download the archive again"
-        )
-    rec = raw.reshape(-1, RECORD_BYTES)
-    coarse, fine = rec[:, 0].copy(), rec[:, 1].copy()
-    if fine.max() >= N_CLASSES:
-        bad = int(np.argmax(fine >= N_CLASSES))
-        raise DataError(f"{path}: record {bad} has fine label {int(fine[bad])}, outside 0..{N_CLASSES - 1}")
-    if coarse.max() >= N_COARSE:
-        bad = int(np.argmax(coarse >= N_COARSE))
-        raise DataError(
-            f"{path}: record {bad} has coarse label {int(coarse[bad])}, outside 0..{N_COARSE - 1}"
-        )
-    images = rec[:, 2:].reshape(-1, 3, 32, 32).copy()
+    images, labels = read_records(path, 2, "CIFAR-100")
+    coarse, fine = labels[:, 0].copy(), labels[:, 1].copy()
+    check_label_range(path, fine, N_CLASSES, "fine label")
+    check_label_range(path, coarse, N_COARSE, "coarse label")
     return images, fine, coarse
 
 

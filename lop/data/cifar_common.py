@@ -43,6 +43,28 @@ LAYOUTS: dict[str, tuple[tuple[int | None, ...], str]] = {
 ARRAYS = tuple(LAYOUTS)
 
 
+def read_records(path: Path, label_bytes: int, title: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split a CIFAR binary file into records of ``label_bytes`` label bytes and 3072 pixel bytes (1024 R,
+    1024 G, 1024 B, each 32×32 row-major): (images [N, 3, 32, 32] uint8, labels [N, label_bytes] uint8).
+    An empty file or one that is not a whole number of records is a `DataError` naming ``title``."""
+    record_bytes = label_bytes + 3 * 32 * 32
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % record_bytes:
+        raise DataError(
+            f"{path}: {raw.size} bytes is not a whole number of {record_bytes}-byte records; the file is "
+            f"truncated or not a {title} binary file: download the archive again"
+        )
+    rec = raw.reshape(-1, record_bytes)
+    return rec[:, label_bytes:].reshape(-1, 3, 32, 32).copy(), rec[:, :label_bytes].copy()
+
+
+def check_label_range(path: Path, labels: np.ndarray, n: int, what: str = "label") -> None:
+    """Every label in 0..n-1, else a `DataError` naming the file and the first bad record."""
+    if labels.max() >= n:
+        bad = int(np.argmax(labels >= n))
+        raise DataError(f"{path}: record {bad} has {what} {int(labels[bad])}, outside 0..{n - 1}")
+
+
 def split_train_val(labels: np.ndarray, val_per_class: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(train_index, val_index), sorted int64: the last ``val_per_class`` of each class in file order are
     validation. Every one of the ``n_classes`` classes needs more than ``val_per_class`` examples.
