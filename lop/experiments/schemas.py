@@ -234,6 +234,26 @@ class IncrementalCifarProblem:
         )
 
 
+def _sample_checks(p: CLPermutedMNISTProblem | CLSplitMNISTProblem) -> list[tuple[str, str]]:
+    """The digit experiments' sample sizes: ``n_train`` and ``n_test`` >= 0 (0 = all)."""
+    return check(p.n_train >= 0, "n_train", "must be >= 0 (0 = all)") + check(
+        p.n_test >= 0, "n_test", "must be >= 0 (0 = all)"
+    )
+
+
+def _schedule_checks(
+    p: CLPermutedMNISTProblem | CLSplitMNISTProblem | CLSplitCIFAR100Problem,
+) -> list[tuple[str, str]]:
+    """The task-sequence problems' schedule: ``epochs_per_task``, ``batch_size``, ``probe_examples`` and
+    ``eval_batch`` > 0, in that order."""
+    return (
+        check(p.epochs_per_task > 0, "epochs_per_task", "must be > 0")
+        + check(p.batch_size > 0, "batch_size", "must be > 0")
+        + check(p.probe_examples > 0, "probe_examples", "must be > 0")
+        + check(p.eval_batch > 0, "eval_batch", "must be > 0")
+    )
+
+
 @dataclass(frozen=True)
 class CLPermutedMNISTProblem:
     """Problem settings; defaults are Zenke et al.'s permuted-MNIST protocol."""
@@ -256,14 +276,10 @@ class CLPermutedMNISTProblem:
 
     def validate(self) -> list[tuple[str, str]]:
         return (
-            check(self.n_train >= 0, "n_train", "must be >= 0 (0 = all)")
-            + check(self.n_test >= 0, "n_test", "must be >= 0 (0 = all)")
+            _sample_checks(self)
             + check(self.n_tasks > 0, "n_tasks", "must be > 0")
             + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
 
 
@@ -303,8 +319,7 @@ class CLSplitMNISTProblem:
 
     def validate(self) -> list[tuple[str, str]]:
         return (
-            check(self.n_train >= 0, "n_train", "must be >= 0 (0 = all)")
-            + check(self.n_test >= 0, "n_test", "must be >= 0 (0 = all)")
+            _sample_checks(self)
             + check(self.classes_per_task >= 2, "classes_per_task", "must be >= 2")
             + check(
                 0 < self.n_tasks * self.classes_per_task <= 10,
@@ -312,10 +327,7 @@ class CLSplitMNISTProblem:
                 "n_tasks × classes_per_task must be within 1..10 (the digits)",
             )
             + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
 
 
@@ -369,10 +381,7 @@ class CLSplitCIFAR100Problem:
             )
             + check(self.train_per_class >= 0, "train_per_class", "must be >= 0 (0 = all)")
             + check(self.test_per_class >= 0, "test_per_class", "must be >= 0 (0 = all)")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
 
 
