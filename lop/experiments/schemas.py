@@ -385,6 +385,20 @@ class CLSplitCIFAR100Problem:
         )
 
 
+def _clip_checks(p: MoECifarProblem | MoEMtilProblem) -> list[tuple[str, str]]:
+    """The CLIP experiments' prompt (exactly one ``{}``), tokenizer (BPE for the ViT-B/16 weights) and
+    ``eval_batch`` >= 1, in that order."""
+    return (
+        check(p.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
+        + check(
+            p.backbone == "tiny" or p.tokenizer == "bpe",
+            "tokenizer",
+            "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
+        )
+        + check(p.eval_batch >= 1, "eval_batch", "must be >= 1")
+    )
+
+
 @dataclass(frozen=True)
 class MoECifarProblem:
     """Problem settings; defaults are the paper's protocol at 10 steps (docs/protocols/moe_cifar.md)."""
@@ -430,13 +444,7 @@ class MoECifarProblem:
                 "val_per_class",
                 "must be >= 1 (the prepared split's validation images)",
             )
-            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
-            + check(
-                self.backbone == "tiny" or self.tokenizer == "bpe",
-                "tokenizer",
-                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
-            )
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+            + _clip_checks(self)
         )
 
 
@@ -691,13 +699,7 @@ class MoEMtilProblem:
             + check(
                 min(self.train_limit, self.test_limit) >= 0, "train_limit", "limits must be >= 0 (0 = all)"
             )
-            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
-            + check(
-                self.backbone == "tiny" or self.tokenizer == "bpe",
-                "tokenizer",
-                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
-            )
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+            + _clip_checks(self)
         )
 
 
