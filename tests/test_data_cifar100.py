@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from lop.data import cifar100
+from lop.data import cifar100, cifar_common
 from lop.data.artifact import verify_artifact
 from lop.data.download import md5sum
 from lop.data.standins import write_cifar100_standin
@@ -80,13 +80,13 @@ def test_split_is_per_class_disjoint_and_the_last_in_file_order(prepared):
 def test_official_split_sizes_450_50():
     rng = np.random.default_rng(0)
     labels = rng.permutation(np.repeat(np.arange(100), 500)).astype(np.uint8)
-    tr, va = cifar100.split_train_val(labels, cifar100.VAL_PER_CLASS)
+    tr, va = cifar_common.split_train_val(labels, cifar100.VAL_PER_CLASS, cifar100.N_CLASSES)
     assert tr.dtype == va.dtype == np.int64 and tr.size == 45_000 and va.size == 5_000
     assert np.array_equal(np.bincount(labels[tr], minlength=100), np.full(100, 450))
     assert np.array_equal(np.bincount(labels[va], minlength=100), np.full(100, 50))
     assert np.intersect1d(tr, va).size == 0
     # seed-independent: a function of the file order only
-    assert np.array_equal(cifar100.split_train_val(labels, 50)[1], va)
+    assert np.array_equal(cifar_common.split_train_val(labels, 50, cifar100.N_CLASSES)[1], va)
 
 
 def _archive(tmp_path, train: bytes, test: bytes, names: int = 100):

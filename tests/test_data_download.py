@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lop.data import cifar100, mnist
+from lop.data import cifar10, cifar100, mnist
 from lop.data.download import download, md5sum, safe_extract_tar, sha256sum
 from lop.errors import DataError
 
@@ -167,12 +167,18 @@ def test_download_mnist_md5_mismatch_names_the_file(tmp_path):
     assert _leftovers(tmp_path / "raw") == []
 
 
-def test_download_cifar100_checks_the_official_md5(tmp_path):
+@pytest.mark.parametrize(
+    "module, fetch",
+    [(cifar10, cifar10.download_cifar10), (cifar100, cifar100.download_cifar100)],
+    ids=["cifar10", "cifar100"],
+)
+def test_download_cifar_checks_the_official_md5(tmp_path, module, fetch):
+    """A served file whose md5 is not the official one is an error naming that md5 and leaves nothing."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / cifar100.ARCHIVE).write_bytes(b"not the archive")
-    with serve(site) as url, pytest.raises(DataError, match=cifar100.MD5):
-        cifar100.download_cifar100(tmp_path / "raw", f"{url}/{cifar100.ARCHIVE}", timeout=10)
+    (site / module.ARCHIVE).write_bytes(b"not the archive")
+    with serve(site) as url, pytest.raises(DataError, match=module.MD5):
+        fetch(tmp_path / "raw", f"{url}/{module.ARCHIVE}", timeout=10)
     assert _leftovers(tmp_path / "raw") == []
 
 

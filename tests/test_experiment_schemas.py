@@ -22,8 +22,8 @@ def test_every_experiment_has_its_schema():
 
 
 def test_mtil_order_is_the_data_layers():
-    """The torch-free copy of MTIL Order I (problem defaults) is the data layer's."""
+    """The problem defaults use the data layer's MTIL Order I (one torch-free constant)."""
     from lop.data.mtil import ORDER_I
-    from lop.experiments.schemas import MTIL_ORDER_I
+    from lop.experiments.schemas import MTIL_ORDER_I, MoEMtilProblem
 
-    assert MTIL_ORDER_I == ORDER_I
+    assert MTIL_ORDER_I is ORDER_I and MoEMtilProblem().datasets == ORDER_I and len(ORDER_I) == 11

@@ -148,6 +148,19 @@ def read_manifest(prepared_dir: str | os.PathLike[str], dataset: str, missing: s
     return m
 
 
+def open_prepared(prepared_dir: Path, dataset: str, title: str, raw_files: str) -> tuple[dict[str, Any], str]:
+    """(manifest, fix) of a prepared artifact with downloadable raw files: `read_manifest`, whose message
+    for a missing folder says to put ``raw_files`` (e.g. "the official x.tar.gz") in the default raw
+    folder (or download them), then prepare; ``fix`` = "re-run `<prepare command>`" for later messages."""
+    cmd = prepare_command(dataset, prepared_dir)
+    raw = default_raw_dir(prepared_dir, dataset)
+    missing = (
+        f"{prepared_dir}: no prepared {title} ({MANIFEST} missing). Put {raw_files} in {raw} "
+        f"(or run `lop data download {dataset} --raw {raw}`), then run `{cmd}`"
+    )
+    return read_manifest(prepared_dir, dataset, missing), f"re-run `{cmd}`"
+
+
 def manifest_stand_in(manifest: dict[str, Any], path: str | os.PathLike[str] = MANIFEST) -> bool:
     """Whether a manifest describes stand-in data. Manifests written before the ``stand_in`` key existed
     count as stand-in only when their ``source`` is ``"standin"`` (missing = false otherwise)."""

@@ -5,7 +5,7 @@ Raw: ``cifar-10-binary.tar.gz`` whose folder ``cifar-10-batches-bin/`` holds fiv
 ``batches.meta.txt`` (the 10 class names, one per line). A record is 1 label byte (0..9) and 3072 pixel
 bytes (1024 R, 1024 G, 1024 B, each 32×32 row-major). The python distribution is a pickle and is not read.
 
-Prepared layout (the same as CIFAR-100's, `lop.data.cifar100`): ``train_images.npy`` uint8
+Prepared layout (the same as CIFAR-100's; shared code in `lop.data.cifar_common`): ``train_images.npy`` uint8
 [50000, 3, 32, 32] (NCHW; the five training files concatenated in order), ``train_labels.npy`` uint8,
 ``test_images.npy`` uint8 [10000, 3, 32, 32], ``test_labels.npy``, ``train_index.npy`` / ``val_index.npy``
 (int64 indices into train; 4,500 / 500 per class), ``manifest.json``.
@@ -16,23 +16,20 @@ Validation split (seed-independent): the last 500 images of each class, in file 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from lop.data.artifact import (
-    ArtifactWriter,
-    check_layout,
-    default_raw_dir,
-    load_array,
-    prepare_command,
-    read_manifest,
+from lop.data.cifar_common import (
+    check_label_range,
+    count_mismatch,
+    extracted_archive,
+    load_arrays,
+    read_records,
+    verify_counts,
+    write_artifact,
 )
-from lop.data.cifar100 import split_train_val
-from lop.data.download import download, safe_extract_tar
-from lop.data.raw import identify_raw, standin_size
+from lop.data.download import download
 from lop.errors import DataError
 
 DATASET = "cifar10"
@@ -60,25 +57,10 @@ def download_cifar10(raw_dir: str | os.PathLike[str], url: str = URL, *, timeout
 def parse_records(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Parse a CIFAR-10 ``.bin`` file into (images [N,3,32,32] uint8, labels [N] uint8)."""
     path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD_BYTES:
-        raise DataError(
-            f"{path}: {raw.size} bytes is not a whole number of {RECORD_BYTES}-byte records; the file is "
-            "truncated or not a CIFAR-10 binary file: download the archive again"
-        )
-    rec = raw.reshape(-1, RECORD_BYTES)
-    labels = rec[:, 0].copy()
-    if labels.max() >= N_CLASSES:
-        bad = int(np.argmax(labels >= N_CLASSES))
-        raise DataError(f"{path}: record {bad} has label {int(labels[bad])}, outside 0..{N_CLASSES - 1}")
-    return rec[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
-
-
-def _missing(raw_dir: Path) -> str:
-    return (
-        f"Put the official {ARCHIVE} (md5 {MD5}) in {raw_dir} (`lop data download cifar10 --raw {raw_dir}` "
-        f"fetches it), or write a stand-in with `lop data standin cifar10 --raw {raw_dir}`"
-    )
+    images, labels = read_records(path, 1, "CIFAR-10")
+    labels = labels[:, 0].copy()
+    check_label_range(path, labels, N_CLASSES)
+    return images, labels
 
 
 def _read_split(folder: Path, names: tuple[str, ...], archive: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -99,95 +81,47 @@ def prepare_cifar10(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     write the artifact."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     archive = raw_dir / ARCHIVE
-    source, standin, md5s = identify_raw(
-        raw_dir,
-        {ARCHIVE: MD5},
-        DATASET,
-        missing=_missing(raw_dir),
-        fix=f"delete it and run `lop data download cifar10 --raw {raw_dir}`",
-    )
-    if standin is None:
-        train_pc, test_pc, val_pc = TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS
-    else:  # the stand-in's sizes, checked: 0 < val_per_class < train_bin_per_class
-        train_pc = standin_size(standin, "train_bin_per_class", raw_dir, 10 * TRAIN_PER_CLASS)
-        test_pc = standin_size(standin, "test_per_class", raw_dir, 10 * TEST_PER_CLASS)
-        val_pc = standin_size(standin, "val_per_class", raw_dir, train_pc - 1 if train_pc > 1 else 1)
-    work = Path(tempfile.mkdtemp(prefix=".cifar10.", suffix=".extract", dir=raw_dir))
-    try:
-        safe_extract_tar(archive, work)
-        folder = work / FOLDER
+    official = (TRAIN_PER_CLASS, TEST_PER_CLASS, VAL_PER_CLASS)
+    with extracted_archive(raw_dir, DATASET, ARCHIVE, MD5, FOLDER, official) as ex:
         parsed = {
-            "train": _read_split(folder, TRAIN_BINS, archive),
-            "test": _read_split(folder, (TEST_BIN,), archive),
+            "train": _read_split(ex.folder, TRAIN_BINS, archive),
+            "test": _read_split(ex.folder, (TEST_BIN,), archive),
         }
-        names_path = folder / NAMES
+        names_path = ex.folder / NAMES
         if not names_path.is_file():
             raise DataError(f"{archive}: has no member {FOLDER}/{NAMES}; download it again")
         names = [s.strip() for s in names_path.read_text(encoding="utf-8").splitlines() if s.strip()]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    train_pc, test_pc, val_pc = ex.sizes
     for split, per_class in (("train", train_pc), ("test", test_pc)):
-        counts = np.bincount(parsed[split][1], minlength=N_CLASSES)
-        if (counts != per_class).any():
-            c = int(np.argmax(counts != per_class))
+        bad = count_mismatch(parsed[split][1], per_class, N_CLASSES)
+        if bad is not None:
             raise DataError(
-                f"{archive}: the {split} files hold {int(counts[c])} images of class {c}, expected {per_class} "
+                f"{archive}: the {split} files hold {bad[1]} images of class {bad[0]}, expected {per_class} "
                 "per class; the archive is not the expected CIFAR-10 binary distribution"
             )
     if len(names) != N_CLASSES:
         raise DataError(f"{archive}: {FOLDER}/{NAMES} lists {len(names)} class names, expected {N_CLASSES}")
-    train_index, val_index = split_train_val(parsed["train"][1], val_pc, n_classes=N_CLASSES)
-    with ArtifactWriter(out_dir, DATASET, source) as w:
-        w.save("train_images.npy", parsed["train"][0])
-        w.save("train_labels.npy", parsed["train"][1])
-        w.save("test_images.npy", parsed["test"][0])
-        w.save("test_labels.npy", parsed["test"][1])
-        w.save("train_index.npy", train_index)
-        w.save("val_index.npy", val_index)
-        return w.commit(
-            {
-                "n_classes": N_CLASSES,
-                "train_bin_per_class": train_pc,
-                "train_per_class": train_pc - val_pc,
-                "val_per_class": val_pc,
-                "test_per_class": test_pc,
-                "layout": "NCHW uint8, channels R,G,B",
-                "split": SPLIT_RULE.format(v=val_pc),
-                "class_names": names,
-                "raw_md5": md5s,
-            }
-        )
+    return write_artifact(
+        out_dir,
+        DATASET,
+        ex.source,
+        parsed,
+        ex.sizes,
+        N_CLASSES,
+        {
+            "layout": "NCHW uint8, channels R,G,B",
+            "split": SPLIT_RULE.format(v=val_pc),
+            "class_names": names,
+            "raw_md5": ex.md5s,
+        },
+    )
 
 
 def load_cifar10(prepared_dir: str | os.PathLike[str], *, verify: bool = True) -> dict[str, np.ndarray]:
     """Load the prepared CIFAR-10 artifact: ``train_images`` [N,3,32,32] uint8, ``train_labels`` [N]
     uint8, ``test_images``, ``test_labels``, ``train_index`` / ``val_index`` int64 (into train)."""
     prepared_dir = Path(prepared_dir)
-    cmd = prepare_command(DATASET, prepared_dir)
-    raw = default_raw_dir(prepared_dir, DATASET)
-    missing = (
-        f"{prepared_dir}: no prepared CIFAR-10 (manifest.json missing). Put the official {ARCHIVE} in {raw} "
-        f"(or run `lop data download cifar10 --raw {raw}`), then run `{cmd}`"
-    )
-    m = read_manifest(prepared_dir, DATASET, missing)
-    fix = f"re-run `{cmd}`"
-    layouts = {
-        "train_images.npy": ((None, 3, 32, 32), "uint8"),
-        "train_labels.npy": ((None,), "uint8"),
-        "test_images.npy": ((None, 3, 32, 32), "uint8"),
-        "test_labels.npy": ((None,), "uint8"),
-        "train_index.npy": ((None,), "int64"),
-        "val_index.npy": ((None,), "int64"),
-    }
-    out = {}
-    for name, (shape, dtype) in layouts.items():
-        a = load_array(prepared_dir, m, name, verify=verify, mmap=False, fix=fix)
-        check_layout(prepared_dir / name, a, shape, dtype, fix)
-        out[name.removesuffix(".npy")] = a
-    n = len(out["train_images"])
-    idx = np.concatenate([out["train_index"], out["val_index"]])
-    if len(out["train_labels"]) != n or idx.size != n or not np.array_equal(np.sort(idx), np.arange(n)):
-        raise DataError(f"{prepared_dir}: train/validation indices do not partition the training set; {fix}")
+    out, fix = load_arrays(prepared_dir, DATASET, "CIFAR-10", ARCHIVE, verify=verify)
     if len(out["test_labels"]) != len(out["test_images"]):
         raise DataError(f"{prepared_dir}: test images and labels differ in length; {fix}")
     if out["train_labels"].size and max(out["train_labels"].max(), out["test_labels"].max()) >= N_CLASSES:
@@ -201,28 +135,6 @@ def verify_prepared(prepared_dir: str | os.PathLike[str], m: dict) -> None:
     per-class counts equal to the manifest's ``train_per_class`` / ``val_per_class`` / ``test_per_class``
     (official: 4,500 / 500 / 1,000)."""
     prepared_dir = Path(prepared_dir)
-    fix = f"re-run `{prepare_command(DATASET, prepared_dir)}`"
     arrays = load_cifar10(prepared_dir, verify=False)
-    expected = {}
-    for key, default in (
-        ("train_per_class", TRAIN_PER_CLASS - VAL_PER_CLASS),
-        ("val_per_class", VAL_PER_CLASS),
-        ("test_per_class", TEST_PER_CLASS),
-    ):
-        value = m.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise DataError(f"{prepared_dir / 'manifest.json'}: {key} must be a positive integer; {fix}")
-        expected[key] = value
-    train_labels = arrays["train_labels"]
-    for what, labels, key in (
-        ("train", train_labels[arrays["train_index"]], "train_per_class"),
-        ("validation", train_labels[arrays["val_index"]], "val_per_class"),
-        ("test", arrays["test_labels"], "test_per_class"),
-    ):
-        counts = np.bincount(labels, minlength=N_CLASSES)
-        if (counts != expected[key]).any():
-            c = int(np.argmax(counts != expected[key]))
-            raise DataError(
-                f"{prepared_dir}: the {what} split has {int(counts[c])} images of class {c}, the manifest "
-                f"declares {key} = {expected[key]}; {fix}"
-            )
+    official = (TRAIN_PER_CLASS - VAL_PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS)
+    verify_counts(prepared_dir, DATASET, m, arrays, N_CLASSES, official)

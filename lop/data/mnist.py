@@ -16,10 +16,9 @@ import numpy as np
 from lop.data.artifact import (
     ArtifactWriter,
     check_layout,
-    default_raw_dir,
     load_array,
+    open_prepared,
     prepare_command,
-    read_manifest,
 )
 from lop.data.download import download
 from lop.data.idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
@@ -144,14 +143,7 @@ def load_mnist(prepared_dir: str | os.PathLike[str], *, verify: bool = True) -> 
     """Load the prepared MNIST artifact: ``train_images`` [N,28,28] uint8, ``train_labels`` [N] uint8,
     ``test_images``, ``test_labels`` (sha256-verified unless ``verify=False``)."""
     prepared_dir = Path(prepared_dir)
-    cmd = prepare_command(DATASET, prepared_dir)
-    raw = default_raw_dir(prepared_dir, DATASET)
-    missing = (
-        f"{prepared_dir}: no prepared MNIST (manifest.json missing). Put the four official files "
-        f"({', '.join(FILES)}) in {raw} (or run `lop data download mnist --raw {raw}`), then run `{cmd}`"
-    )
-    m = read_manifest(prepared_dir, DATASET, missing)
-    fix = f"re-run `{cmd}`"
+    m, fix = open_prepared(prepared_dir, DATASET, "MNIST", f"the four official files ({', '.join(FILES)})")
     out = {}
     for name in ARRAYS:
         a = load_array(prepared_dir, m, name, verify=verify, mmap=False, fix=fix)

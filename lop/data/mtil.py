@@ -30,23 +30,10 @@ import numpy as np
 
 from lop.data.artifact import read_json, write_json
 from lop.data.download import sha256sum
+from lop.data.mtil_order import ORDER_I
 from lop.data.standins import class_templates, render_templates
 from lop.errors import DataError
 
-#: the MTIL task order "Order I" (docs/protocols/moe_mtil.md)
-ORDER_I = (
-    "aircraft",
-    "caltech101",
-    "cifar100",
-    "dtd",
-    "eurosat",
-    "flowers",
-    "food",
-    "mnist",
-    "pets",
-    "cars",
-    "sun397",
-)
 #: the published number of classes of each dataset (a prepared folder must match it unless a stand-in)
 N_CLASSES = {
     "aircraft": 100,

@@ -37,18 +37,7 @@ class CLPermutedMNISTTrainer(TaskSequenceTrainer):
         data = permuted_tasks(xs, ys, xt, yt, p.n_tasks, streams)
         n_out = self.n_outputs(p.scenario, p.n_tasks, data.k)
         net = MLPClassifier([xs.shape[1]] + [p.width] * p.depth + [n_out], p.activation, streams, init=p.init)
-        self.setup(
-            data,
-            net,
-            runs,
-            streams,
-            scenario=p.scenario,
-            epochs_per_task=p.epochs_per_task,
-            batch_size=p.batch_size,
-            probe_examples=p.probe_examples,
-            eval_batch=p.eval_batch,
-            reset_optimizer=p.reset_optimizer,
-        )
+        self.setup_from_problem(p, data, net, runs, streams)
 
 
 EXPERIMENT = ExperimentSpec(

@@ -92,18 +92,7 @@ class CLSplitCIFAR100Trainer(TaskSequenceTrainer):
             net = ZenkeConvNet(streams, n_out, output_init=p.output_init)
         else:
             net = ConvNet(streams, n_out, output_init=p.output_init)
-        self.setup(
-            data,
-            net,
-            runs,
-            streams,
-            scenario=p.scenario,
-            epochs_per_task=p.epochs_per_task,
-            batch_size=p.batch_size,
-            probe_examples=p.probe_examples,
-            eval_batch=p.eval_batch,
-            reset_optimizer=p.reset_optimizer,
-        )
+        self.setup_from_problem(p, data, net, runs, streams)
 
 
 EXPERIMENT = ExperimentSpec(

@@ -36,18 +36,7 @@ class CLSplitMNISTTrainer(TaskSequenceTrainer):
         n_out = self.n_outputs(p.scenario, p.n_tasks, data.k)
         sizes = [xs.shape[1]] + [p.width] * p.depth + [n_out]
         net = MLPClassifier(sizes, p.activation, streams, init=p.init, output_init=p.output_init)
-        self.setup(
-            data,
-            net,
-            runs,
-            streams,
-            scenario=p.scenario,
-            epochs_per_task=p.epochs_per_task,
-            batch_size=p.batch_size,
-            probe_examples=p.probe_examples,
-            eval_batch=p.eval_batch,
-            reset_optimizer=p.reset_optimizer,
-        )
+        self.setup_from_problem(p, data, net, runs, streams)
 
 
 EXPERIMENT = ExperimentSpec(

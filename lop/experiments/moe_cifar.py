@@ -31,30 +31,17 @@ Unit = one task. Metrics (step = tasks trained):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from lop.algos.adamw import RunAdamW
-from lop.algos.ddas import TaskAutoencoders, select_routes
-from lop.config import MoEAdaptersConfig
-from lop.errors import ConfigError
-from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
+from lop.algos.ddas import select_routes
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.moe_common import ClipAdapterTrainer, check_zero_shot, cosine_factor
 from lop.experiments.schemas import MoECifar20Problem, MoECifar50Problem, MoECifarProblem
-from lop.nets.clip import (
-    ARCHS,
-    encode_image,
-    encode_text,
-    load_clip_state,
-    normalise_images,
-    random_clip_state,
-)
-from lop.nets.clip_tokenizer import BPETokenizer, ByteTokenizer
-from lop.nets.moe_adapters import MoEAdapters
+from lop.nets.clip import encode_image, encode_text, normalise_images
 from lop.problems.image_tasks import load_cifar_tensors
-from lop.rng import RunStreams
 
 # the class order of the class-incremental CIFAR-100 literature ("seed 1993")
 CLASS_ORDER_1993 = (
@@ -169,66 +156,12 @@ CIFAR100_NAMES = [
 ]
 
 
-def cosine_factor(step: int, total: int, warmup: int) -> float:
-    """Step-size factor: linear warm-up (step+1)/warmup for `warmup` steps, then ½(1 + cos(π·p)) with p
-    the fraction of the remaining steps done."""
-    if step < warmup:
-        return (step + 1) / warmup
-    rest = max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / rest))
-
-
-class TensorHolder:
-    """A named set of tensors with `state_dict`/`load_state_dict` (checkpointing of trainable tensors)."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor] | None = None) -> None:
-        self.params = tensors or {}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.params
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for k, v in self.params.items():
-                v.copy_(state[k])
-
-
-class MoECifarTrainer(Trainer):
+class MoECifarTrainer(ClipAdapterTrainer):
     """Trains S runs of one method; unit = one task."""
-
-    unit_name = "task"
-    state_attrs = ("model", "opt", "ae", "acc")
 
     def __init__(self, problem: MoECifarProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
-        s = len(runs)
-        cfgs = [r.config.moe_adapters or MoEAdaptersConfig() for r in runs]
-        for k, c in enumerate(cfgs[1:], 1):
-            differ = [
-                f
-                for f in c.__dataclass_fields__
-                if f != "balance_weight" and getattr(c, f) != getattr(cfgs[0], f)
-            ]
-            if differ:
-                raise ConfigError(
-                    f"runs ({runs[0].setting_id!r} vs {runs[k].setting_id!r}).moe_adapters.{differ[0]}",
-                    "runs of one batch must share the adapter architecture; set pack_settings: false",
-                )
-        self.cfg = cfg = cfgs[0]
-        self.device = device
-        self.streams = RunStreams([r.seed for r in runs], device)
-        self.arch = ARCHS[problem.backbone]
-        if problem.backbone == "tiny":
-            frozen = random_clip_state(self.arch, problem.backbone_seed)
-        else:
-            frozen = load_clip_state(problem.weights, self.arch)
-        self.frozen = {k: v.to(device) for k, v in frozen.items()}
-        tok = ByteTokenizer() if problem.tokenizer == "bytes" else BPETokenizer(problem.vocab)
-        if tok.vocab_size > self.arch.vocab_size:
-            raise ConfigError(
-                "problem.tokenizer",
-                f"vocabulary of {tok.vocab_size} tokens exceeds the backbone's {self.arch.vocab_size}",
-            )
+        cfgs, tok = self.setup_backbone(problem, runs, device)
         order = CLASS_ORDER_1993[: problem.n_classes]
         self.order = torch.tensor(order, dtype=torch.int64, device=device)
         names = [CIFAR100_NAMES[c].replace("_", " ") for c in order]
@@ -249,50 +182,10 @@ class MoECifarTrainer(Trainer):
         self.n_units = problem.n_steps
         self.c = problem.classes_per_step
         self.iters = problem.epochs_per_step * -(-(self.c * self.train_x.shape[1]) // problem.batch_size)
-        lr = torch.tensor([r.config.lr for r in runs], device=device)
-        wd = torch.tensor([r.config.weight_decay for r in runs], device=device)
-        self.balance_weight = torch.tensor([c.balance_weight for c in cfgs], device=device)
         self.sgd = runs[0].config.optimizer == "sgd"
-        self.adapters: MoEAdapters | None = None
-        if cfg.mode == "adapters":
-            self.adapters = MoEAdapters(
-                self.streams,
-                self.arch,
-                n_experts=cfg.experts,
-                top_k=cfg.top_k,
-                n_routers=problem.n_steps if cfg.routers == "per_task" else 1,
-                bottleneck=cfg.bottleneck,
-                scale=cfg.scale,
-                dropout=cfg.dropout,
-            )
-            self.model: MoEAdapters | TensorHolder = self.adapters  # params, usage counts, frozen experts
-        elif cfg.mode == "full_finetune":
-            per_run = {
-                k: v.expand(s, *v.shape).clone().requires_grad_(True)
-                for k, v in self.frozen.items()
-                if k != "logit_scale"
-            }
-            self.model = TensorHolder(per_run)
-        else:
-            self.model = TensorHolder()
-        c0 = runs[0].config
-        self.opt = RunAdamW(self.model.params, lr, c0.betas, c0.eps, wd)
-        self.ae = (
-            TaskAutoencoders(self.streams, problem.n_steps, self.arch.embed_dim)
-            if cfg.ddas != "off"
-            else TensorHolder()
-        )
-        self.acc = torch.full(
-            (s, problem.n_steps + 1, problem.n_steps), float("nan"), dtype=torch.float64, device=device
-        )
-        self.init_divergence(s, device)
+        self.setup_model(runs, cfgs)
 
     # ---- the model ---------------------------------------------------------------------------------
-    def weights(self) -> dict[str, torch.Tensor]:
-        if self.cfg.mode == "full_finetune":
-            return {**self.frozen, **self.model.params}
-        return self.frozen
-
     def embed(
         self, images: torch.Tensor, tokens: torch.Tensor, adapters: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,9 +195,6 @@ class MoECifarTrainer(Trainer):
         img = encode_image(normalise_images(images, self.arch.image_size), w, self.arch, hook)
         txt = encode_text(tokens, w, self.arch, hook)
         return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-
-    def logit_scale(self) -> torch.Tensor:
-        return self.frozen["logit_scale"].exp()
 
     # ---- training ----------------------------------------------------------------------------------
     def train_task(self, u: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,23 +225,7 @@ class MoECifarTrainer(Trainer):
                 self.adapters.ctx.noise, self.adapters.ctx.step = True, u * self.iters + it
             img, txt = self.embed(x_flat[idx], tokens, adapters=True)
             logits = self.logit_scale() * torch.bmm(img, txt.transpose(1, 2))  # [S, B, c]
-            ce = (
-                F.cross_entropy(
-                    logits.flatten(0, 1),
-                    y_flat[idx].flatten(),
-                    reduction="none",
-                    label_smoothing=self.cfg.label_smoothing,
-                )
-                .view(s, -1)
-                .mean(1)
-            )
-            bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
-            loss = ce + self.balance_weight * bal
-            bad = ~torch.isfinite(loss)
-            self.mark_diverged(bad, u + 1)
-            for p in self.model.params.values():
-                p.grad = None
-            torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+            ce, bal = self.backward_loss(logits, y_flat[idx], u)
             factor = cosine_factor(it, self.iters, self.cfg.warmup_steps)
             if self.sgd:
                 with torch.no_grad():
@@ -442,10 +316,7 @@ class MoECifarTrainer(Trainer):
             acc0, _, _ = self.evaluate(1, trained=False)
             self.acc[:, 0, 0] = acc0[:, 0]
             out.append(self.metric("test_accuracy/task_1", 0, acc0[:, 0]))
-        if self.cfg.mode != "zero_shot":
-            loss, bal = self.train_task(unit)
-            out.append(self.metric("train_loss", unit + 1, loss))
-            out.append(self.metric("balance_loss", unit + 1, bal))
+        out += self.train_metrics(unit)
         if self.cfg.ddas != "off":
             feats = self.frozen_features(self.train_x[unit * self.c : (unit + 1) * self.c].flatten(0, 1))
             steps = self.cfg.ddas_steps_first if unit == 0 else self.cfg.ddas_steps
@@ -459,33 +330,17 @@ class MoECifarTrainer(Trainer):
         if self.cfg.ddas != "off":
             out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
             out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
-        if self.model.params:
-            with torch.no_grad():
-                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
-                sizes = [p[0].numel() for p in self.model.params.values()]
-                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
-            out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
-        if self.adapters is not None:
-            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
+        out += self.adapter_metrics(unit + 1)
         if unit + 1 == self.n_units:
             seen_rows = torch.nanmean(self.acc[:, 1:, :], dim=2)  # A_k, equal tasks
             out.append(self.metric("avg_accuracy", unit + 1, seen_rows.mean(1)))
             out.append(self.metric("last_accuracy", unit + 1, self.acc[:, -1, :].mean(1)))
         return out
 
-    def model_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.params)
-
 
 def build(problem: MoECifarProblem, runs: Sequence[RunSpec], device: torch.device) -> Trainer:
     for r in runs:
-        cfg = r.config.moe_adapters or MoEAdaptersConfig()
-        extra = [k for k in set_method_keys(r.config) if k != "moe_adapters"]
-        if cfg.mode == "zero_shot" and extra:
-            raise ConfigError(
-                f"methods.{r.method}.{extra[0]}",
-                "mode: zero_shot trains nothing, so optimiser settings would be ignored; remove them",
-            )
+        check_zero_shot(r)
     return MoECifarTrainer(problem, runs, device)
 
 

@@ -38,26 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from lop import cl_metrics
-from lop.algos.adamw import RunAdamW
-from lop.algos.ddas import TaskAutoencoders, select_routes
-from lop.config import MoEAdaptersConfig
+from lop.algos.ddas import select_routes
 from lop.data.mtil import MtilDataset, load_mtil_dataset
 from lop.errors import ConfigError
-from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer, set_method_keys
-from lop.experiments.moe_cifar import TensorHolder, cosine_factor
+from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, Trainer
+from lop.experiments.moe_common import ClipAdapterTrainer, check_zero_shot, cosine_factor
 from lop.experiments.schemas import PAPER_LR_FACTORS as PAPER_LR_FACTORS  # re-exported
 from lop.experiments.schemas import MoEMtilProblem
-from lop.nets.clip import (
-    ARCHS,
-    encode_image,
-    encode_text,
-    load_clip_state,
-    normalise_images,
-    random_clip_state,
-)
-from lop.nets.clip_tokenizer import BPETokenizer, ByteTokenizer
-from lop.nets.moe_adapters import MoEAdapters
-from lop.rng import RunStreams
+from lop.nets.clip import encode_image, encode_text, normalise_images
 
 
 def _subset(n: int, limit: int) -> np.ndarray:
@@ -68,43 +56,12 @@ def _subset(n: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
 
 
-class MoEMtilTrainer(Trainer):
+class MoEMtilTrainer(ClipAdapterTrainer):
     """Trains S runs of one method over the MTIL task sequence; unit = one task."""
-
-    unit_name = "task"
-    state_attrs = ("model", "opt", "ae", "acc")
 
     def __init__(self, problem: MoEMtilProblem, runs: Sequence[RunSpec], device: torch.device) -> None:
         self.p = problem
-        s = len(runs)
-        cfgs = [r.config.moe_adapters or MoEAdaptersConfig() for r in runs]
-        for k, c in enumerate(cfgs[1:], 1):
-            differ = [
-                f
-                for f in c.__dataclass_fields__
-                if f != "balance_weight" and getattr(c, f) != getattr(cfgs[0], f)
-            ]
-            if differ:
-                raise ConfigError(
-                    f"runs ({runs[0].setting_id!r} vs {runs[k].setting_id!r}).moe_adapters.{differ[0]}",
-                    "runs of one batch must share the adapter architecture; set pack_settings: false",
-                )
-        self.cfg = cfg = cfgs[0]
-        self.device = device
-        self.streams = RunStreams([r.seed for r in runs], device)
-        self.arch = ARCHS[problem.backbone]
-        frozen = (
-            random_clip_state(self.arch, problem.backbone_seed)
-            if problem.backbone == "tiny"
-            else load_clip_state(problem.weights, self.arch)
-        )
-        self.frozen = {k: v.to(device) for k, v in frozen.items()}
-        tok = ByteTokenizer() if problem.tokenizer == "bytes" else BPETokenizer(problem.vocab)
-        if tok.vocab_size > self.arch.vocab_size:
-            raise ConfigError(
-                "problem.tokenizer",
-                f"vocabulary of {tok.vocab_size} tokens exceeds the backbone's {self.arch.vocab_size}",
-            )
+        cfgs, tok = self.setup_backbone(problem, runs, device)
         self.data: list[MtilDataset] = [
             load_mtil_dataset(problem.data_dir, d, verify=problem.verify_data) for d in problem.datasets
         ]
@@ -118,42 +75,7 @@ class MoEMtilTrainer(Trainer):
             for d in self.data
         ]
         self.n_units = len(self.data)
-        lr = torch.tensor([r.config.lr for r in runs], device=device)
-        wd = torch.tensor([r.config.weight_decay for r in runs], device=device)
-        self.balance_weight = torch.tensor([c.balance_weight for c in cfgs], device=device)
-        self.adapters: MoEAdapters | None = None
-        if cfg.mode == "adapters":
-            self.adapters = MoEAdapters(
-                self.streams,
-                self.arch,
-                n_experts=cfg.experts,
-                top_k=cfg.top_k,
-                n_routers=self.n_units if cfg.routers == "per_task" else 1,
-                bottleneck=cfg.bottleneck,
-                scale=cfg.scale,
-                dropout=cfg.dropout,
-            )
-            self.model: MoEAdapters | TensorHolder = self.adapters
-        elif cfg.mode == "full_finetune":
-            self.model = TensorHolder(
-                {
-                    k: v.expand(s, *v.shape).clone().requires_grad_(True)
-                    for k, v in self.frozen.items()
-                    if k != "logit_scale"
-                }
-            )
-        else:
-            self.model = TensorHolder()
-        c0 = runs[0].config
-        self.opt = RunAdamW(self.model.params, lr, c0.betas, c0.eps, wd)
-        self.ae = (
-            TaskAutoencoders(self.streams, self.n_units, self.arch.embed_dim)
-            if cfg.ddas != "off"
-            else TensorHolder()
-        )
-        t = self.n_units
-        self.acc = torch.full((s, t + 1, t), float("nan"), dtype=torch.float64, device=device)
-        self.init_divergence(s, device)
+        self.setup_model(runs, cfgs)
 
     # ---- data --------------------------------------------------------------------------------------
     def images(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -163,13 +85,6 @@ class MoEMtilTrainer(Trainer):
 
     def labels(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array[idx])).to(self.device)
-
-    # ---- the model ---------------------------------------------------------------------------------
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {**self.frozen, **self.model.params} if self.cfg.mode == "full_finetune" else self.frozen
-
-    def logit_scale(self) -> torch.Tensor:
-        return self.frozen["logit_scale"].exp()
 
     # ---- training ----------------------------------------------------------------------------------
     def train_task(self, u: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,23 +120,7 @@ class MoEMtilTrainer(Trainer):
                 F.normalize(img, dim=-1), F.normalize(txt, dim=-1).transpose(1, 2)
             )
             y = self.labels(ds.train_labels, idx)
-            ce = (
-                F.cross_entropy(
-                    logits.flatten(0, 1),
-                    y.flatten(),
-                    reduction="none",
-                    label_smoothing=self.cfg.label_smoothing,
-                )
-                .view(s, -1)
-                .mean(1)
-            )
-            bal = self.adapters.take_balance_loss() if self.adapters is not None else torch.zeros_like(ce)
-            loss = ce + self.balance_weight * bal
-            bad = ~torch.isfinite(loss)
-            self.mark_diverged(bad, u + 1)
-            for p in self.model.params.values():
-                p.grad = None
-            torch.where(bad, torch.zeros_like(loss), loss).sum().backward()
+            ce, bal = self.backward_loss(logits, y, u)
             self.opt.step(
                 cosine_factor(it, self.p.iterations, self.cfg.warmup_steps) * self.p.lr_factors[u], masks
             )
@@ -325,10 +224,7 @@ class MoEMtilTrainer(Trainer):
         out: list[MetricBlock] = []
         if unit == 0:
             out += self._row(0, self.evaluate(0)[0])
-        if self.cfg.mode != "zero_shot":
-            loss, bal = self.train_task(unit)
-            out.append(self.metric("train_loss", unit + 1, loss))
-            out.append(self.metric("balance_loss", unit + 1, bal))
+        out += self.train_metrics(unit)
         if self.cfg.ddas != "off":
             ds = self.data[unit]
             steps = self.cfg.ddas_steps_first if unit == 0 else self.cfg.ddas_steps
@@ -342,14 +238,7 @@ class MoEMtilTrainer(Trainer):
             out.append(self.metric("ddas_route_accuracy", unit + 1, rr))
             if unit + 1 < self.n_units:  # no untrained task is left after the last step
                 out.append(self.metric("ddas_zero_shot_fraction", unit + 1, zs))
-        if self.model.params:
-            with torch.no_grad():
-                mags = [p.abs().flatten(1).mean(1) for p in self.model.params.values()]
-                sizes = [p[0].numel() for p in self.model.params.values()]
-                mag = sum(m * n for m, n in zip(mags, sizes)) / sum(sizes)
-            out.append(self.metric("adapter_weight_magnitude", unit + 1, mag))
-        if self.adapters is not None:
-            out.append(self.metric("adapter_dormant_units", unit + 1, self.adapters.dormant_fraction()))
+        out += self.adapter_metrics(unit + 1)
         if unit + 1 == self.n_units:
             summary = cl_metrics.mtil_summaries(self.acc.cpu().numpy())
             for name in cl_metrics.MTIL_METRICS:
@@ -357,19 +246,10 @@ class MoEMtilTrainer(Trainer):
                 out.append(self.metric(name, unit + 1, values))
         return out
 
-    def model_state(self) -> dict[str, torch.Tensor]:
-        return dict(self.model.params)
-
 
 def build(problem: MoEMtilProblem, runs: Sequence[RunSpec], device: torch.device) -> Trainer:
     for r in runs:
-        cfg = r.config.moe_adapters or MoEAdaptersConfig()
-        extra = [k for k in set_method_keys(r.config) if k != "moe_adapters"]
-        if cfg.mode == "zero_shot" and extra:
-            raise ConfigError(
-                f"methods.{r.method}.{extra[0]}",
-                "mode: zero_shot trains nothing, so optimiser settings would be ignored; remove them",
-            )
+        cfg = check_zero_shot(r)
         if cfg.mode != "zero_shot" and r.config.optimizer != "adam":
             raise ConfigError(
                 f"methods.{r.method}.optimizer", "moe_mtil trains with AdamW; set optimizer: adam"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from lop.config import MethodConfig, check, optional_field
+from lop.data.mtil_order import ORDER_I as MTIL_ORDER_I
 from lop.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -233,6 +234,26 @@ class IncrementalCifarProblem:
         )
 
 
+def _sample_checks(p: CLPermutedMNISTProblem | CLSplitMNISTProblem) -> list[tuple[str, str]]:
+    """The digit experiments' sample sizes: ``n_train`` and ``n_test`` >= 0 (0 = all)."""
+    return check(p.n_train >= 0, "n_train", "must be >= 0 (0 = all)") + check(
+        p.n_test >= 0, "n_test", "must be >= 0 (0 = all)"
+    )
+
+
+def _schedule_checks(
+    p: CLPermutedMNISTProblem | CLSplitMNISTProblem | CLSplitCIFAR100Problem,
+) -> list[tuple[str, str]]:
+    """The task-sequence problems' schedule: ``epochs_per_task``, ``batch_size``, ``probe_examples`` and
+    ``eval_batch`` > 0, in that order."""
+    return (
+        check(p.epochs_per_task > 0, "epochs_per_task", "must be > 0")
+        + check(p.batch_size > 0, "batch_size", "must be > 0")
+        + check(p.probe_examples > 0, "probe_examples", "must be > 0")
+        + check(p.eval_batch > 0, "eval_batch", "must be > 0")
+    )
+
+
 @dataclass(frozen=True)
 class CLPermutedMNISTProblem:
     """Problem settings; defaults are Zenke et al.'s permuted-MNIST protocol."""
@@ -255,14 +276,10 @@ class CLPermutedMNISTProblem:
 
     def validate(self) -> list[tuple[str, str]]:
         return (
-            check(self.n_train >= 0, "n_train", "must be >= 0 (0 = all)")
-            + check(self.n_test >= 0, "n_test", "must be >= 0 (0 = all)")
+            _sample_checks(self)
             + check(self.n_tasks > 0, "n_tasks", "must be > 0")
             + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
 
 
@@ -302,8 +319,7 @@ class CLSplitMNISTProblem:
 
     def validate(self) -> list[tuple[str, str]]:
         return (
-            check(self.n_train >= 0, "n_train", "must be >= 0 (0 = all)")
-            + check(self.n_test >= 0, "n_test", "must be >= 0 (0 = all)")
+            _sample_checks(self)
             + check(self.classes_per_task >= 2, "classes_per_task", "must be >= 2")
             + check(
                 0 < self.n_tasks * self.classes_per_task <= 10,
@@ -311,10 +327,7 @@ class CLSplitMNISTProblem:
                 "n_tasks × classes_per_task must be within 1..10 (the digits)",
             )
             + check(self.width > 0 and self.depth >= 1, "width", "need width > 0 and depth >= 1")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
 
 
@@ -368,11 +381,22 @@ class CLSplitCIFAR100Problem:
             )
             + check(self.train_per_class >= 0, "train_per_class", "must be >= 0 (0 = all)")
             + check(self.test_per_class >= 0, "test_per_class", "must be >= 0 (0 = all)")
-            + check(self.epochs_per_task > 0, "epochs_per_task", "must be > 0")
-            + check(self.batch_size > 0, "batch_size", "must be > 0")
-            + check(self.probe_examples > 0, "probe_examples", "must be > 0")
-            + check(self.eval_batch > 0, "eval_batch", "must be > 0")
+            + _schedule_checks(self)
         )
+
+
+def _clip_checks(p: MoECifarProblem | MoEMtilProblem) -> list[tuple[str, str]]:
+    """The CLIP experiments' prompt (exactly one ``{}``), tokenizer (BPE for the ViT-B/16 weights) and
+    ``eval_batch`` >= 1, in that order."""
+    return (
+        check(p.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
+        + check(
+            p.backbone == "tiny" or p.tokenizer == "bpe",
+            "tokenizer",
+            "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
+        )
+        + check(p.eval_batch >= 1, "eval_batch", "must be >= 1")
+    )
 
 
 @dataclass(frozen=True)
@@ -420,13 +444,7 @@ class MoECifarProblem:
                 "val_per_class",
                 "must be >= 1 (the prepared split's validation images)",
             )
-            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
-            + check(
-                self.backbone == "tiny" or self.tokenizer == "bpe",
-                "tokenizer",
-                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
-            )
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+            + _clip_checks(self)
         )
 
 
@@ -638,20 +656,6 @@ class MujocoProblem(PPOProblem):
     total_steps: int = 50_000_000
 
 
-# MTIL Order I (= `lop.data.mtil.ORDER_I`, which the data layer reads; a test checks they agree)
-MTIL_ORDER_I = (
-    "aircraft",
-    "caltech101",
-    "cifar100",
-    "dtd",
-    "eurosat",
-    "flowers",
-    "food",
-    "mnist",
-    "pets",
-    "cars",
-    "sun397",
-)
 # the published per-task learning rates divided by the method's 1e-3 (Order I)
 PAPER_LR_FACTORS = (5.0, 1.0, 5.0, 1.0, 0.1, 1.0, 1.0, 0.1, 1.0, 1.0, 1.0)
 
@@ -695,13 +699,7 @@ class MoEMtilProblem:
             + check(
                 min(self.train_limit, self.test_limit) >= 0, "train_limit", "limits must be >= 0 (0 = all)"
             )
-            + check(self.prompt.count("{}") == 1, "prompt", "needs exactly one {} for the class name")
-            + check(
-                self.backbone == "tiny" or self.tokenizer == "bpe",
-                "tokenizer",
-                "the ViT-B/16 weights need CLIP's BPE tokenizer (tokenizer: bpe)",
-            )
-            + check(self.eval_batch >= 1, "eval_batch", "must be >= 1")
+            + _clip_checks(self)
         )
 
 

@@ -14,7 +14,7 @@ channels-last, `torch.func.vmap`, a loop over runs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,10 @@ def grouped_batch_norm(
     )
 
 
+#: ``draw(layer, counter) -> (weight, bias)``: a network's initial parameters of one layer
+LayerDraw = Callable[[str, int], tuple[torch.Tensor, torch.Tensor]]
+
+
 class SeedBatchedNet:
     """Flat parameter/buffer store shared by the image networks.
 
@@ -106,6 +110,20 @@ class SeedBatchedNet:
                 t.copy_(value)
             else:
                 t.fill_(value)
+
+    def _add_layers(self, draw: LayerDraw, layers: Iterable[str]) -> None:
+        """Add ``<layer>.weight`` and ``<layer>.bias`` of every layer in order, as ``draw(layer, 0)`` gives them."""
+        for name in layers:
+            w, b = draw(name, 0)
+            self._add_param(f"{name}.weight", w)
+            self._add_param(f"{name}.bias", b)
+
+    def _redraw_layers(self, draw: LayerDraw, layers: Iterable[str], counter: int) -> None:
+        """Overwrite every layer's weight and bias in place with ``draw(layer, counter)``."""
+        for name in layers:
+            w, b = draw(name, counter)
+            self._assign(f"{name}.weight", w)
+            self._assign(f"{name}.bias", b)
 
     def parameters(self) -> list[torch.Tensor]:
         """The trainable tensors, in a fixed order (the optimiser's order)."""

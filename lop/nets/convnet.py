@@ -69,10 +69,7 @@ class ConvNet(SeedBatchedNet):
             self.shapes[name] = ((cout, cin, k, k), cin * k * k)
         for name, fin, fout in self.fc_sizes:
             self.shapes[name] = ((fout, fin), fin)
-        for name in self.shapes:
-            w, b = self._draw(name, 0)
-            self._add_param(f"{name}.weight", w)
-            self._add_param(f"{name}.bias", b)
+        self._add_layers(self._draw, self.shapes)
 
     def _draw(self, layer: str, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
         """PyTorch-default initial (weight, bias) of `layer` from the init streams at `counter`."""
@@ -86,10 +83,7 @@ class ConvNet(SeedBatchedNet):
 
     def reinit(self, counter: int) -> None:
         """Re-draw every parameter in place from the init streams at `counter` (0 = the initial draw)."""
-        for name in self.shapes:
-            w, b = self._draw(name, counter)
-            self._assign(f"{name}.weight", w)
-            self._assign(f"{name}.bias", b)
+        self._redraw_layers(self._draw, self.shapes, counter)
 
     def reset_head(self) -> None:
         """Zero the output layer's weights and bias (done at the start of every task, docs/protocols/continual_imagenet.md)."""

@@ -79,10 +79,7 @@ class ZenkeConvNet(SeedBatchedNet):
             self.shapes[name] = ((cout, cin, KERNEL, KERNEL), cin * KERNEL * KERNEL, cout * KERNEL * KERNEL)
         for name, fin, fout in self.fc_sizes:
             self.shapes[name] = ((fout, fin), fin, fout)
-        for name in self.shapes:
-            w, b = self._draw(name, 0)
-            self._add_param(f"{name}.weight", w)
-            self._add_param(f"{name}.bias", b)
+        self._add_layers(self._draw, self.shapes)
 
     def _draw(self, layer: str, counter: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape, fan_in, fan_out = self.shapes[layer]
@@ -94,10 +91,7 @@ class ZenkeConvNet(SeedBatchedNet):
 
     def reinit(self, counter: int) -> None:
         """Re-draw every parameter in place from the init streams at `counter` (0 = the initial draw)."""
-        for name in self.shapes:
-            w, b = self._draw(name, counter)
-            self._assign(f"{name}.weight", w)
-            self._assign(f"{name}.bias", b)
+        self._redraw_layers(self._draw, self.shapes, counter)
 
     def _dropout(self, h: torch.Tensor, layer: str, p: float, grouped: bool) -> torch.Tensor:
         """Inverted dropout of ``h`` (grouped ``[B, S*C, H, W]`` or ``[S, B, F]``) in training mode."""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,6 +187,24 @@ class TaskSequenceTrainer(Trainer):
         self.matrix = torch.full((streams.n, t + 1, t), float("nan"), dtype=torch.float64, device=dev)
         self.step_count = torch.zeros((), dtype=torch.int64)
         self.init_divergence(streams.n, dev)
+
+    def setup_from_problem(
+        self, problem: Any, data: TaskData, net, runs: Sequence[RunSpec], streams: RunStreams
+    ) -> None:
+        """`setup` with the options the task-sequence problems share: ``problem.scenario``,
+        ``epochs_per_task``, ``batch_size``, ``probe_examples``, ``eval_batch`` and ``reset_optimizer``."""
+        self.setup(
+            data,
+            net,
+            runs,
+            streams,
+            scenario=problem.scenario,
+            epochs_per_task=problem.epochs_per_task,
+            batch_size=problem.batch_size,
+            probe_examples=problem.probe_examples,
+            eval_batch=problem.eval_batch,
+            reset_optimizer=problem.reset_optimizer,
+        )
 
     @staticmethod
     def n_outputs(scenario: str, n_tasks: int, k: int) -> int:
