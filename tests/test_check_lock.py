@@ -23,7 +23,11 @@ LOCK = yaml.safe_load((REPO / "dvc.lock").read_text())
 def test_the_committed_lock_reproduces_itself_and_covers_the_ci_subset():
     assert check_lock.differences(LOCK, copy.deepcopy(LOCK), None) == []
     outs = check_lock.lock_outputs(LOCK, check_lock.STAGES)  # the cheap CI subset: the stand-in data
-    assert sorted(outs) == ["data/prepared/cifar100-standin", "data/prepared/imagenet32-standin"]
+    assert sorted(outs) == [
+        "data/prepared/cifar10-standin",
+        "data/prepared/cifar100-standin",
+        "data/prepared/imagenet32-standin",
+    ]
     assert all(o["md5"] and o["nfiles"] for o in outs.values())
 
 
