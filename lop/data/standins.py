@@ -242,6 +242,30 @@ def _cifar_records(rng: np.random.Generator, t: dict[str, np.ndarray], per_class
     return rec.tobytes()
 
 
+def _write_cifar_archive(archive: Path, folder: str, members: list[tuple[str, bytes]]) -> None:
+    """A reproducible ``.tar.gz`` like the official CIFAR archives: the directory `folder`, then each
+    ``(name, bytes)`` member under it, in order (fixed gzip mtime, PAX format; written atomically)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        atomic_file(archive) as tmp,
+        open(tmp, "wb") as f,
+        gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=1) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
+    ):
+        _tar_add(tf, folder, None)
+        for name, data in members:
+            _tar_add(tf, f"{folder}/{name}", data)
+
+
+def _cifar_facts(train_bin_per_class: int, test_per_class: int, val_per_class: int) -> dict[str, int]:
+    """The sizes a CIFAR stand-in's ``standin.json`` records."""
+    return {
+        "train_bin_per_class": train_bin_per_class,
+        "test_per_class": test_per_class,
+        "val_per_class": val_per_class,
+    }
+
+
 def write_cifar100_standin(
     raw_dir: str | os.PathLike[str],
     *,
@@ -260,24 +284,14 @@ def write_cifar100_standin(
     test = _cifar_records(rng, t, test_per_class)
     fine_names = "".join(f"standin_class_{c:02d}\n" for c in range(cifar100.N_CLASSES)).encode()
     coarse_names = "".join(f"standin_superclass_{c:02d}\n" for c in range(cifar100.N_COARSE)).encode()
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_file(raw_dir / cifar100.ARCHIVE) as tmp,
-        open(tmp, "wb") as f,
-        gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=1) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
-    ):
-        folder = cifar100.FOLDER
-        _tar_add(tf, folder, None)
-        _tar_add(tf, f"{folder}/{cifar100.COARSE_NAMES}", coarse_names)
-        _tar_add(tf, f"{folder}/{cifar100.FINE_NAMES}", fine_names)
-        _tar_add(tf, f"{folder}/{cifar100.TEST_BIN}", test)
-        _tar_add(tf, f"{folder}/{cifar100.TRAIN_BIN}", train)
-    facts = {
-        "train_bin_per_class": train_bin_per_class,
-        "test_per_class": test_per_class,
-        "val_per_class": val_per_class,
-    }
+    members = [
+        (cifar100.COARSE_NAMES, coarse_names),
+        (cifar100.FINE_NAMES, fine_names),
+        (cifar100.TEST_BIN, test),
+        (cifar100.TRAIN_BIN, train),
+    ]
+    _write_cifar_archive(raw_dir / cifar100.ARCHIVE, cifar100.FOLDER, members)
+    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     return _finish(raw_dir, "cifar100", [cifar100.ARCHIVE], seed, facts)
 
 
@@ -308,26 +322,12 @@ def write_cifar10_standin(
 
     train, test = records(train_bin_per_class), records(test_per_class)
     names = "".join(f"standin_class_{c}\n" for c in range(cifar10.N_CLASSES)).encode()
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_file(raw_dir / cifar10.ARCHIVE) as tmp,
-        open(tmp, "wb") as f,
-        gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=1) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf,
-    ):
-        folder = cifar10.FOLDER
-        _tar_add(tf, folder, None)
-        _tar_add(tf, f"{folder}/{cifar10.NAMES}", names)
-        for name, part in zip(
-            cifar10.TRAIN_BINS, np.array_split(train, len(cifar10.TRAIN_BINS)), strict=True
-        ):
-            _tar_add(tf, f"{folder}/{name}", part.tobytes())
-        _tar_add(tf, f"{folder}/{cifar10.TEST_BIN}", test.tobytes())
-    facts = {
-        "train_bin_per_class": train_bin_per_class,
-        "test_per_class": test_per_class,
-        "val_per_class": val_per_class,
-    }
+    parts = np.array_split(train, len(cifar10.TRAIN_BINS))
+    members = [(cifar10.NAMES, names)]
+    members += [(name, part.tobytes()) for name, part in zip(cifar10.TRAIN_BINS, parts, strict=True)]
+    members.append((cifar10.TEST_BIN, test.tobytes()))
+    _write_cifar_archive(raw_dir / cifar10.ARCHIVE, cifar10.FOLDER, members)
+    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     return _finish(raw_dir, "cifar10", [cifar10.ARCHIVE], seed, facts)
 
 
