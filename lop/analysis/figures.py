@@ -35,6 +35,7 @@ PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDat
 PNG_METADATA = {"Software": None}
 MARKERS_BELOW = 12  # lines with this few points get markers (a single bin is otherwise invisible)
 YLABEL_WRAP = 28  # characters per line of a y label (a longer one would run past a panel's height)
+LEGEND_ONE_COLUMN = 6  # more lines than this: a two-column legend (fewer rows over the data)
 REF_FONT_PT = 5.5  # reference-mark labels
 
 
@@ -211,7 +212,10 @@ def draw_figure(
             ax.set_ylim(*panel.y.lim)
         if panel.x.lim is not None:
             ax.set_xlim(*panel.x.lim)
-        if ax.get_legend_handles_labels()[0]:
+        handles = ax.get_legend_handles_labels()[0]
+        if len(handles) > LEGEND_ONE_COLUMN:  # many lines: two compact columns on a light box, out of the way
+            ax.legend(fontsize="xx-small", ncol=2, frameon=True, framealpha=0.85, edgecolor="none")
+        elif handles:
             ax.legend(fontsize="x-small", frameon=False)
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
