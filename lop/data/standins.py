@@ -258,7 +258,10 @@ def _write_cifar_archive(archive: Path, folder: str, members: list[tuple[str, by
 
 
 def _cifar_facts(train_bin_per_class: int, test_per_class: int, val_per_class: int) -> dict[str, int]:
-    """The sizes a CIFAR stand-in's ``standin.json`` records."""
+    """The sizes a CIFAR stand-in's ``standin.json`` records; ValueError unless
+    0 < val_per_class < train_bin_per_class and test_per_class >= 1."""
+    if not 0 < val_per_class < train_bin_per_class or test_per_class < 1:
+        raise ValueError("need 0 < val_per_class < train_bin_per_class and test_per_class >= 1")
     return {
         "train_bin_per_class": train_bin_per_class,
         "test_per_class": test_per_class,
@@ -276,8 +279,7 @@ def write_cifar100_standin(
 ) -> Path:
     """Write ``cifar-100-binary.tar.gz`` (official members and record format) + ``standin.json``."""
     raw_dir = Path(raw_dir)
-    if not 0 < val_per_class < train_bin_per_class or test_per_class < 1:
-        raise ValueError("need 0 < val_per_class < train_bin_per_class and test_per_class >= 1")
+    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     rng = _rng("cifar100", seed)
     t = class_templates(rng, cifar100.N_CLASSES)
     train = _cifar_records(rng, t, train_bin_per_class)
@@ -291,7 +293,6 @@ def write_cifar100_standin(
         (cifar100.TRAIN_BIN, train),
     ]
     _write_cifar_archive(raw_dir / cifar100.ARCHIVE, cifar100.FOLDER, members)
-    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     return _finish(raw_dir, "cifar100", [cifar100.ARCHIVE], seed, facts)
 
 
@@ -308,8 +309,7 @@ def write_cifar10_standin(
     ``standin.json``. The shuffled training records are cut into five files of (nearly) equal size, so
     a file's class counts are unequal, as in the real files."""
     raw_dir = Path(raw_dir)
-    if not 0 < val_per_class < train_bin_per_class or test_per_class < 1:
-        raise ValueError("need 0 < val_per_class < train_bin_per_class and test_per_class >= 1")
+    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     rng = _rng("cifar10", seed)
     t = class_templates(rng, cifar10.N_CLASSES)
 
@@ -327,7 +327,6 @@ def write_cifar10_standin(
     members += [(name, part.tobytes()) for name, part in zip(cifar10.TRAIN_BINS, parts, strict=True)]
     members.append((cifar10.TEST_BIN, test.tobytes()))
     _write_cifar_archive(raw_dir / cifar10.ARCHIVE, cifar10.FOLDER, members)
-    facts = _cifar_facts(train_bin_per_class, test_per_class, val_per_class)
     return _finish(raw_dir, "cifar10", [cifar10.ARCHIVE], seed, facts)
 
 
