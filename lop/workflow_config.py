@@ -79,6 +79,59 @@ def check_pipeline_config(config: dict[str, Any], schema_path: str | Path) -> No
     check_workflow_config(config)
 
 
+ALL = "all"
+
+
+def resolve_experiments(
+    value: str | list[str] | None, groups: dict[str, list[str]] | None, available: set[str]
+) -> tuple[set[str] | None, list[str]]:
+    """What ``--config experiments`` selects, from the experiments that have a params file.
+
+    ``value`` is a comma list (or a list) of experiment names and group names; a group (config key
+    ``experiment_groups``, e.g. ``paper`` = the paper's figures, ``cl`` = the continual-learning systems)
+    stands for its members, and ``all`` (or an empty value) for every params file. Returns ``(selection,
+    notes)``: ``None`` selects everything; ``notes`` has one line per group member without a params file
+    (a custom ``params_dir`` may hold only some experiments; the member is left out, and said so). A name
+    that is neither an experiment nor a group, or a group named like an experiment, raises `ConfigError`.
+    """
+    groups = dict(groups or {})
+    clash = sorted(set(groups) & (available | {ALL}))
+    if clash:
+        raise ConfigError(
+            "--config experiment_groups",
+            f"group name {clash[0]!r} is also an experiment (or `all`); rename it",
+        )
+    if not value:
+        return None, []
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if ALL in names:
+        return None, []
+    chosen: set[str] = set()
+    notes: list[str] = []
+    unknown = []
+    for name in names:
+        if name in groups:
+            members = list(groups[name] or [])
+            absent = [m for m in members if m not in available]
+            if absent:
+                notes.append(
+                    f"[lop] --config experiments: group {name!r} lists {', '.join(absent)}, which "
+                    "have no params file here; left out"
+                )
+            chosen.update(m for m in members if m in available)
+        elif name in available:
+            chosen.add(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            "--config experiments",
+            f"no params file or group named {', '.join(unknown)}; experiments: {', '.join(sorted(available))}; "
+            f"groups: {', '.join([*sorted(groups), ALL])}",
+        )
+    return chosen, notes
+
+
 def config_flag(value: Any) -> bool:
     """A validated boolean setting: true/false, 1/0, yes/no (from the command line they arrive as text)."""
     if isinstance(value, str):

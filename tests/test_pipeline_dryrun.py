@@ -66,7 +66,7 @@ def test_paper_dry_run_has_the_paper_grids():
 
     exps = sorted(_experiments() & set(PAPER_GRIDS))
     assert exps, "no experiment with a known paper grid has a params file"
-    proc = snakemake(ROOT, "-n", "figures", "--config", "scale=paper", timeout=600)
+    proc = snakemake(ROOT, "-n", "figures", "--config", "scale=paper", "experiments=all", timeout=600)
     out = proc.stdout + proc.stderr
     seeds: dict[tuple[str, str, str], set[int]] = defaultdict(set)
     for m in RUN_RE.finditer(out):
@@ -88,7 +88,7 @@ def test_figures_without_experiment_are_skipped_not_errors():
     from lop.analysis.registry import load_registry
 
     registry = load_registry(ROOT / "params" / "figures.yaml")
-    proc = snakemake(ROOT, "-n", "figures", "--config", "scale=smoke", timeout=300)
+    proc = snakemake(ROOT, "-n", "figures", "--config", "scale=smoke", "experiments=all", timeout=300)
     out = proc.stdout + proc.stderr
     stats = job_stats(out)
     exps = _experiments()
@@ -149,11 +149,28 @@ def test_from_cache_without_runs_says_to_pull(tmp_path):
 
 def test_default_target_skips_the_clip_experiment_without_weights():
     """Without the CLIP weights the demo scale of moe_cifar is left out with one line, nothing fails
-    (docs/protocols/moe_cifar.md, "Weights")."""
+    (docs/protocols/moe_cifar.md, "Weights"), also when every experiment is asked for."""
     if (ROOT / "data/clip/ViT-B-16.pt").is_file():
         pytest.skip("the CLIP weights are present here")
-    proc = snakemake(ROOT, "-n", "--cores", "1", timeout=300)
+    proc = snakemake(ROOT, "-n", "--cores", "1", "--config", "experiments=all", timeout=300)
     out = proc.stdout + proc.stderr
     lines = [ln for ln in out.splitlines() if "skipping experiment moe_cifar" in ln]
     assert len(lines) == 1 and "data/clip/ViT-B-16.pt" in lines[0] and "moe_cifar.md" in lines[0]
     assert "train__moe_cifar__" not in out
+
+
+def test_the_default_demo_target_draws_the_papers_ten_figures():
+    """Issue #11: a fresh clone's `snakemake --cores 2 figures` is the paper's 10 figures at demo scale
+    (the `paper` group of config/config.yaml); the continual-learning systems are `experiments=cl`."""
+    proc = snakemake(ROOT, "-n", "figures", timeout=300)
+    stats = job_stats(proc.stdout + proc.stderr)
+    drawn = {r.removeprefix("figure__") for r in stats if r.startswith("figure__")}
+    assert drawn == {"fig1b", "fig1c", "fig2", "fig3", "fig4", "ed_fig2", "ed_fig3", "ed_fig4", "ed_fig5",
+                     "ed_fig5bcd"}  # fmt: skip
+    trained = {r.split("__")[1] for r in stats if r.startswith("train__")}
+    assert trained == {"scr", "permuted_mnist", "continual_imagenet", "incremental_cifar", "ppo_ant",
+                       "ppo_slippery_ant", "ppo_mujoco"}  # fmt: skip
+    cl = job_stats(snakemake(ROOT, "-n", "figures", "--config", "experiments=cl", timeout=300).stdout)
+    assert {r for r in cl if r.startswith("figure__cl_")} and not {"figure__fig1b", "figure__ed_fig2"} & set(
+        cl
+    )

@@ -8,7 +8,7 @@ import pytest
 from pipeline_helpers import fresh_copy, job_stats, snakemake, training_jobs
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]
-SMOKE = ("--cores", "2", "--config", "scale=smoke")
+SMOKE = ("--cores", "2", "--config", "scale=smoke", "experiments=all")  # paper and CL figures
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from lop.workflow_config import (
     config_errors,
     config_flag,
     load_schema,
+    resolve_experiments,
 )
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -134,6 +135,60 @@ def test_what_the_schema_passes_the_safety_checks_can_still_refuse(override, nee
     assert config_errors(config, SCHEMA) == []  # the schema alone lets it through
     with pytest.raises(ConfigError) as e:
         check_pipeline_config(config, SCHEMA_PATH)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+
+
+PARAMS = {p.stem for p in (REPO / "params").glob("*.yaml")} - {"figures"}
+
+
+def test_default_selects_the_papers_experiments_and_the_groups_cover_every_params_file():
+    groups = DEFAULTS["experiment_groups"]
+    chosen, notes = resolve_experiments(DEFAULTS["experiments"], groups, PARAMS)
+    assert DEFAULTS["experiments"] == "paper" and notes == []
+    assert chosen == {"scr", "permuted_mnist", "continual_imagenet", "incremental_cifar", "ppo_ant",
+                      "ppo_slippery_ant", "ppo_mujoco"}  # fmt: skip
+    # every params file belongs to exactly one group, so `paper,cl` is `all`
+    members = [m for g in groups.values() for m in g]
+    assert sorted(members) == sorted(PARAMS)
+    assert resolve_experiments("paper,cl", groups, PARAMS)[0] == PARAMS
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("all", None),
+        ("scr,all", None),
+        ("scr", {"scr"}),
+        (["scr", "g"], {"scr", "a", "b"}),
+        ("g,a", {"a", "b"}),
+    ],
+)
+def test_resolve_experiments_expands_groups(value, expected):
+    available = {"scr", "a", "b", "c"}
+    assert resolve_experiments(value, {"g": ["a", "b"]}, available) == (expected, [])
+
+
+def test_group_member_without_a_params_file_is_left_out_with_a_line():
+    chosen, notes = resolve_experiments("g", {"g": ["a", "gone"]}, {"a", "b"})
+    assert chosen == {"a"}
+    assert len(notes) == 1 and "'g'" in notes[0] and "gone" in notes[0] and "left out" in notes[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "groups", "needles"),
+    [
+        ("nope", {"g": ["a"]}, ["--config experiments", "nope", "experiments: a, b", "groups: g, all"]),
+        ("a,nope,also", {}, ["nope, also"]),
+        ("a", {"a": ["b"]}, ["--config experiment_groups", "'a'", "rename"]),
+        ("a", {"all": ["b"]}, ["'all'"]),
+    ],
+)
+def test_resolve_experiments_rejects_unknown_names_and_clashing_groups(value, groups, needles):
+    with pytest.raises(ConfigError) as e:
+        resolve_experiments(value, groups, {"a", "b"})
     for needle in needles:
         assert needle in str(e.value), str(e.value)
 

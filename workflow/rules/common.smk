@@ -23,7 +23,7 @@ from lop.plan import (
     problem_data_dirs,
     task_sequence_experiments,
 )
-from lop.workflow_config import check_pipeline_config, config_flag
+from lop.workflow_config import check_pipeline_config, config_flag, resolve_experiments
 
 
 # The config: config/config.yaml (every key and its default) + --config/--configfile overrides, checked
@@ -48,9 +48,9 @@ DEVICE = config["device"]  # None: each scale's `device` from its params file
 PARAMS_DIR = Path(config["params_dir"])
 REGISTRY_FILE = Path(config["figures"] or str(PARAMS_DIR / "figures.yaml"))
 RESULTS = Path(config["results"])
-# Restrict the run to some experiments (every params file is still validated): experiments=scr,permuted_mnist
-ONLY = config["experiments"]
-ONLY = set(ONLY.split(",") if isinstance(ONLY, str) else ONLY) if ONLY else None
+# Restrict the run to some experiments (every params file is still validated): experiments=scr,permuted_mnist,
+# or a group of config `experiment_groups` (paper: the default; cl), or `all` (lop.workflow_config).
+EXPERIMENTS_ARG = config["experiments"]
 RUNS = RESULTS / "runs"
 LOGS = RESULTS / "logs"
 BENCH = RESULTS / "benchmarks"
@@ -65,9 +65,9 @@ def _load():
             if p.experiment in params:
                 raise WorkflowError(f"{path}: experiment {p.experiment!r} also defined in {params[p.experiment][0]}")
             params[p.experiment] = (Path(path), p)
-        unknown = sorted((ONLY or set()) - set(params))
-        if unknown:
-            raise WorkflowError(f"--config experiments: no params file for {', '.join(unknown)}")
+        ONLY, notes = resolve_experiments(EXPERIMENTS_ARG, config["experiment_groups"], set(params))
+        for line in notes:
+            print(line, file=sys.stderr)
         for exp, (path, p) in params.items():
             if SCALE in p.data.scales and (ONLY is None or exp in ONLY):
                 missing = missing_files(p, SCALE)

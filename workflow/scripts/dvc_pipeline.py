@@ -72,7 +72,7 @@ def train_stage(
     deps = [*presets, *data, "lop", "workflow/Snakefile", "workflow/rules", "workflow/scripts"]
     lines = [
         f"    cmd: mkdir -p results/models/{exp}/${{scale}} && ${{snakemake}} "
-        f"results/agg/{exp}-${{scale}}.parquet --config scale=${{scale}} ${{triggers}}",
+        f"results/agg/{exp}-${{scale}}.parquet --config scale=${{scale}} experiments={exp} ${{triggers}}",
         "    params:   # every value of the params file: `dvc params diff`, `dvc exp show`",
         f"      - params/{exp}.yaml:",
         "    deps:",
@@ -94,7 +94,7 @@ def figures_stage(exps: list[str], wdir: str) -> str:
     deps = [f"results/agg/{e}-${{scale}}.parquet" for e in exps]
     deps += ["lop/analysis", "workflow/report"]
     lines = [
-        "    cmd: ${snakemake} figures summaries --config scale=${scale} ${triggers}",
+        "    cmd: ${snakemake} figures summaries --config scale=${scale} experiments=all ${triggers}",
         "    params:",
         "      - params/figures.yaml:",
         "    deps:",
