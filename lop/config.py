@@ -204,6 +204,12 @@ class CBPConfig:
     bias_correction: bool = False
     count: Literal["eligible", "all"] = field(default="eligible", metadata=OMIT_IF_DEFAULT)
 
+    def neutral(self) -> CBPConfig:
+        """The config of a run *without* CBP that trains in one batch with runs using this one: the
+        same statistics, never a replacement (ρ = 0), so its weights are those of plain backprop
+        (`lop.algos.method_layer`, "Packing methods")."""
+        return dataclasses.replace(self, replacement_rate=0.0)
+
     def validate(self) -> list[tuple[str, str]]:
         return (
             check(0.0 <= self.replacement_rate <= 1.0, "replacement_rate", "must be within [0, 1]")
@@ -584,3 +590,32 @@ def static_fields(cfg: MethodConfig) -> dict[str, Any]:
 
     flat = to_dict(cfg)
     return walk(flat)
+
+
+def fillable_methods(cfg: MethodConfig) -> set[str]:
+    """The optional method fields set on `cfg` whose config offers ``neutral()``: runs without that
+    method may train in one batch with runs using it (they get the neutral config)."""
+    return {f.name for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "neutral")}
+
+
+def packing_conflict(configs: list[MethodConfig]) -> tuple[int, int, str] | None:
+    """Whether runs with these configs can train in one batch: they must agree on every non-numeric
+    setting (`static_fields`: optimiser, architecture, utility, ...), except that runs without a method
+    whose config has ``neutral()`` (continual backprop) are not compared on that method's settings.
+    Returns (index a, index b, key) of the first disagreement, or None."""
+    fill = set().union(*(fillable_methods(c) for c in configs)) if configs else set()
+    fields = [static_fields(c) for c in configs]
+    keys = sorted(set().union(*fields)) if fields else []
+    missing = object()
+    for key in keys:
+        top = key.split(".", 1)[0]
+        ref: tuple[int, Any] | None = None
+        for i, (cfg, flat) in enumerate(zip(configs, fields)):
+            if top in fill and getattr(cfg, top, None) is None:
+                continue  # a run without this method: gets the neutral config in the batch
+            value = flat.get(key, missing)
+            if ref is None:
+                ref = (i, value)
+            elif value != ref[1]:
+                return ref[0], i, key
+    return None

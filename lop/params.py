@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lop.config import MethodConfig, check, from_dict, set_dotted, to_dict
+from lop.config import MethodConfig, check, from_dict, packing_conflict, set_dotted, to_dict
 from lop.errors import ConfigError
 from lop.experiments.schemas import RunSpec, check_supported, get_schema
 from lop.limits import (
@@ -92,6 +92,9 @@ class ScaleSpec:
     seeds: list[int] | SeedRange = field(default_factory=lambda: [0])
     seeds_per_job: int = 1
     pack_settings: bool = False
+    # groups of methods whose settings train in one job (with pack_settings: per problem and seed chunk),
+    # e.g. [[bp, l2, snp, cbp]]: one process instead of four, where a step's cost is mostly overhead
+    pack_methods: list[list[str]] = field(default_factory=list)
     device: str = "auto"
     checkpoint_minutes: float = 10.0
     models_every: int = 0  # with `lop run --models-dir`: network snapshots every N units (0 = none)
@@ -174,6 +177,23 @@ class Params:
                 f"{self.path}:scales.{scale}.methods", f"no method {method!r}; defined: {', '.join(methods)}"
             )
         return methods[method]
+
+    def job_settings(self, scale: str, method: str) -> dict[str, Setting]:
+        """The settings a job's ``--method`` selects, by the ids its ``--setting-id`` uses: one method's
+        settings by id, or for a `pack_methods` group (``a+b+c``) every member's by ``method/id``."""
+        members = method.split(PACK_SEP)
+        if len(members) == 1:
+            return {s.setting_id: s for s in self.method_settings(scale, method)}
+        groups = [PACK_SEP.join(g) for g in self.scale(scale).pack_methods]
+        if method not in groups:
+            raise ConfigError(
+                f"{self.path}:scales.{scale}.pack_methods",
+                f"no method group {method!r}; groups: {', '.join(groups) or 'none'}",
+            )
+        return {f"{m}/{s.setting_id}": s for m in members for s in self.method_settings(scale, m)}
+
+
+PACK_SEP = "+"  # joins the methods of a pack_methods group in job ids and `lop run --method`
 
 
 def format_value(v: Any) -> str:
@@ -370,8 +390,39 @@ def load_params(path: str | Path) -> Params:
             settings[scale_name][mname] = _expand_scale_method(
                 path, sw, mname, mraw, scale.patch.get(mname), spec, scale.problem
             )
+        _check_pack_methods(scale, settings[scale_name], sw)
         _check_job_memory(scale, scale.resources or data.resources, settings[scale_name], len(seeds), sw)
     return Params(path, data, problems, settings, sources)
+
+
+def _check_pack_methods(scale: ScaleSpec, methods: dict[str, list[Setting]], where: str) -> None:
+    """`pack_methods`: groups of ≥ 2 of the scale's methods, each method in at most one group, whose
+    settings can share a batch (`lop.config.packing_conflict`); needs ``pack_settings: true``."""
+    if not scale.pack_methods:
+        return
+    if not scale.pack_settings:
+        raise ConfigError(f"{where}.pack_methods", "packs methods' settings into one job; set pack_settings: true")
+    seen: set[str] = set()
+    for g, group in enumerate(scale.pack_methods):
+        gw = f"{where}.pack_methods[{g}]"
+        if len(group) < 2:
+            raise ConfigError(gw, "list at least two methods to pack together")
+        for m in group:
+            if m not in methods:
+                raise ConfigError(gw, f"no method {m!r} at this scale; methods: {', '.join(methods)}")
+            if m in seen:
+                raise ConfigError(gw, f"method {m!r} is in two groups; put it in one")
+            seen.add(m)
+        settings = [s for m in group for s in methods[m]]
+        conflict = packing_conflict([s.config for s in settings])
+        if conflict is not None:
+            a, b, key = conflict
+            sa, sb = settings[a], settings[b]
+            raise ConfigError(
+                gw,
+                f"{sa.method}/{sa.setting_id} and {sb.method}/{sb.setting_id} differ in {key!r} and cannot "
+                "train in one batch; take one of them out of the group",
+            )
 
 
 def _raw_grid(method: Any) -> Mapping[str, Any]:
@@ -415,8 +466,11 @@ def _check_job_memory(
     runs_per_seed_chunk = min(scale.seeds_per_job, n_seeds)
     limit = res.mem_mb if res.gpu == 0 else max(res.mem_mb, GPU_MEMORY_MB)
     what = "the job's resources.mem_mb" if res.gpu == 0 else "one GPU"
+    group_of = {m: g for g in scale.pack_methods for m in g}
     for mname, method_settings in methods.items():
         packed = len(method_settings) if scale.pack_settings else 1
+        if mname in group_of:
+            packed = sum(len(methods[m]) for m in group_of[mname])
         for s in method_settings:
             check_memory(s.problem, runs_per_seed_chunk * packed, limit, f"{where}.methods.{mname}", what)
 
@@ -441,14 +495,15 @@ def expand_jobs(params: Params, scale: str) -> list[Job]:
     res = to_dict(params.resources(scale))
     seeds = params.seeds(scale)
     jobs = []
-    for method, settings in params.settings[scale].items():
+    for method, settings in _job_methods(params, scale):
+        packed = PACK_SEP in method
         groups = _problem_groups(settings) if sc.pack_settings else [[s] for s in settings]
         for group in groups:
             for chunk in chunks(seeds, sc.seeds_per_job):
                 label = group[0].setting_id if len(group) == 1 else f"{group[0].setting_id}+{len(group) - 1}"
                 job_id = f"{method}--{label}--seeds-{chunk[0]}-{chunk[-1]}"
-                ids = [s.setting_id for s in group]
-                outputs = [f"{method}/{sid}/seed-{seed}/run.json" for sid in ids for seed in chunk]
+                ids = [f"{s.method}/{s.setting_id}" if packed else s.setting_id for s in group]
+                outputs = [f"{s.method}/{s.setting_id}/seed-{seed}/run.json" for s in group for seed in chunk]
                 cli = ["--method", method]
                 for sid in ids:
                     cli += ["--setting-id", sid]
@@ -470,6 +525,23 @@ def expand_jobs(params: Params, scale: str) -> list[Job]:
     return jobs
 
 
+def _job_methods(params: Params, scale: str) -> list[tuple[str, list[Setting]]]:
+    """(``--method`` value, settings) per method, a `pack_methods` group as one entry (``a+b+c``, at the
+    place of its first member, its members' settings in group order)."""
+    methods = params.settings[scale]
+    group_of = {m: g for g in params.scale(scale).pack_methods for m in g}
+    out: list[tuple[str, list[Setting]]] = []
+    done: set[str] = set()
+    for method, settings in methods.items():
+        group = group_of.get(method)
+        if group is None:
+            out.append((method, settings))
+        elif PACK_SEP.join(group) not in done:
+            done.add(PACK_SEP.join(group))
+            out.append((PACK_SEP.join(group), [s for m in group for s in methods[m]]))
+    return out
+
+
 def _problem_groups(settings: list[Setting]) -> list[list[Setting]]:
     """Settings grouped by identical problem (only those can train in one batch), in file order."""
     groups: dict[str, list[Setting]] = {}
@@ -483,9 +555,8 @@ def select_runs(
 ) -> tuple[Any, list[RunSpec]]:
     """(problem, RunSpecs) for the CLI's selection (all settings of the method when `setting_ids` is
     empty); the selected settings must share one problem."""
-    settings = params.method_settings(scale, method)
-    by_id = {s.setting_id: s for s in settings}
-    chosen = settings if not setting_ids else []
+    by_id = params.job_settings(scale, method)
+    chosen = list(by_id.values()) if not setting_ids else []
     for sid in setting_ids or []:
         if sid not in by_id:
             raise ConfigError(
@@ -493,13 +564,15 @@ def select_runs(
                 f"no setting {sid!r}; settings are: {', '.join(by_id)}",
             )
         chosen.append(by_id[sid])
+    if len(set(map(id, chosen))) != len(chosen):
+        raise ConfigError("--setting-id", "a setting is selected twice; give each setting once")
     if not seeds:
         raise ConfigError("--seeds", "empty seed list; give at least one seed, e.g. --seeds 0,1,2")
     if len(_problem_groups(chosen)) != 1:
         raise ConfigError(
             "--setting-id", "the selected settings differ in problem settings; run them as separate jobs"
         )
-    runs = [RunSpec(method, s.setting_id, s.values, s.config, seed) for s in chosen for seed in seeds]
+    runs = [RunSpec(s.method, s.setting_id, s.values, s.config, seed) for s in chosen for seed in seeds]
     return chosen[0].problem, runs
 
 

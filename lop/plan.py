@@ -66,7 +66,7 @@ def job_pretrained(params: Any, scale: str, job: Any) -> list[str]:
 
 def job_settings(params: Any, scale: str, job: Any) -> list[Any]:
     """The `lop.params.Setting`s (resolved method config + problem) of one job of `expand_jobs`."""
-    by_id = {s.setting_id: s for s in params.method_settings(scale, job.method)}
+    by_id = params.job_settings(scale, job.method)
     return [by_id[sid] for sid in job.setting_ids]
 
 

@@ -19,6 +19,7 @@ The backend is chosen from the per-run shape alone, never from the batch.
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from collections.abc import Sequence
@@ -106,6 +107,14 @@ class RunStreams:
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    def subset(self, rows: Sequence[int]) -> RunStreams:
+        """The streams of runs `rows` of this batch (same class and stream names): each run draws the
+        same numbers here as in the full batch, since a run's draws depend on its seed only."""
+        out = copy.copy(self)
+        out.seeds = [self.seeds[r] for r in rows]
+        out._index_cache, out._stream_cache = {}, {}
+        return out
 
     # ---- raw 32-bit words -------------------------------------------------------------
     def _keys(self, name: str, counter: int) -> tuple[torch.Tensor, torch.Tensor]:

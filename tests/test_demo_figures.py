@@ -27,10 +27,11 @@ def planned_runs(params_file: Path, scale: str) -> pd.DataFrame:
     params = load_params(params_file)
     rows = []
     for job in expand_jobs(params, scale):
-        settings = {s.setting_id: s for s in params.method_settings(scale, job.method)}
+        settings = params.job_settings(scale, job.method)  # a pack_methods job names "method/setting"
         for sid in job.setting_ids:
+            s = settings[sid]
             for seed in job.seeds:
-                rows.append({"method": job.method, "setting_id": sid, "seed": seed, **settings[sid].values})
+                rows.append({"method": s.method, "setting_id": s.setting_id, "seed": seed, **s.values})
     return pd.DataFrame(rows)
 
 

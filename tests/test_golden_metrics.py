@@ -1,10 +1,12 @@
 """Golden metrics: short CPU runs of every experiment family with BP, CBP, S&P, L2 and ReDo must give
 bit-identical metrics across refactors (issue 9, item 6).
 
-`tests/fixtures/golden_metrics.json` holds, per case, the SHA-256 of the runs' tidy metrics (metric, step,
-value as float64 bytes). A change that is *meant* to change results regenerates it with
-``LOP_WRITE_GOLDEN=1 python -m pytest tests/test_golden_metrics.py`` and says which cases changed and why in
-its commit message.
+`tests/fixtures/golden_metrics.json` holds, per CPU capability of torch's kernels (AVX512, AVX2, ...: the
+vector width changes float32 summation orders, so the bits are per capability) and per case, the SHA-256 of
+the runs' tidy metrics (metric, step, value as float64 bytes). A change that is *meant* to change results
+regenerates this machine's entries with ``LOP_WRITE_GOLDEN=1 python -m pytest tests/test_golden_metrics.py``,
+drops the changed cases' entries of the capabilities it cannot run, and says which cases changed and why in
+its commit message. Cases without an entry for the running capability are named in a warning.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +201,18 @@ def run_case(name: str, tmp: Path, prepared: dict[str, Path]) -> str:
 @pytest.mark.slow
 def test_golden_metrics_are_bit_identical(tmp_path, prepared):
     got = {name: run_case(name, tmp_path / name.replace("/", "-"), prepared) for name in CASES}
+    capability = torch.backends.cpu.get_cpu_capability()
+    recorded = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
     if WRITE:
+        recorded[capability] = got
         FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    expected = json.loads(FIXTURE.read_text())
-    changed = sorted(k for k in got if expected.get(k) != got[k])
-    assert not changed, f"metrics changed for {changed}"
-    assert set(expected) == set(got)
+        FIXTURE.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    expected = recorded.get(capability, {})
+    if not expected:
+        pytest.skip(f"no golden metrics recorded for CPU capability {capability}; LOP_WRITE_GOLDEN=1 records them")
+    assert set(expected) <= set(got), f"golden cases without a test case: {sorted(set(expected) - set(got))}"
+    changed = sorted(k for k in expected if expected[k] != got[k])
+    assert not changed, f"metrics changed for {changed} ({capability})"
+    unrecorded = sorted(set(got) - set(expected))
+    if unrecorded:
+        warnings.warn(f"no golden metrics for {unrecorded} on {capability}: not compared", stacklevel=1)

@@ -123,3 +123,81 @@ def test_fused_adam_state_round_trips_and_refuses_element_resets():
     assert torch.equal(w, w2) and opt2.steps.tolist() == [2.0, 2.0]
     with pytest.raises(RuntimeError, match="per_element_steps"):
         opt.state_views(w)
+
+
+def _adam_per_element_reference(params, grads_seq, cfgs, reset_at=None):
+    """The per-element Adam update written out one parameter at a time (no buffers, no clamping):
+    m, v lerp; c1, c2 running products; p ← p − α · m / ((sqrt(v / c2) + ε) · c1)."""
+    col = lambda vals, like: torch.tensor(vals, dtype=torch.float32).view(-1, *([1] * (like.dim() - 1)))  # noqa: E731
+    params = [p.clone() for p in params]
+    state = [{k: torch.zeros_like(p) for k in ("m", "v", "c1", "c2")} for p in params]
+    for t, grads in enumerate(grads_seq):
+        if reset_at is not None and t == reset_at:
+            for st in state[0].values():
+                st[:, 1].zero_()  # units 1 of the first weight (as continual backprop resets a unit's row)
+        for p, g, st in zip(params, grads, state):
+            b1, b2 = col([c.betas[0] for c in cfgs], p), col([c.betas[1] for c in cfgs], p)
+            wd = col([c.weight_decay for c in cfgs], p)
+            g = torch.addcmul(g, p, wd)  # g + λ·w, as torch.optim.Adam's coupled L2
+            st["m"].lerp_(g, 1 - b1)
+            st["v"].lerp_(g * g, 1 - b2)
+            st["c1"].mul_(b1).add_(1 - b1)
+            st["c2"].mul_(b2).add_(1 - b2)
+            denom = (st["v"] / st["c2"]).sqrt() + col([c.eps for c in cfgs], p)
+            p.addcmul_(st["m"] / (denom * st["c1"]), -col([c.lr for c in cfgs], p))
+    return params
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+@pytest.mark.parametrize("flat", [True, False])
+def test_per_element_adam_matches_its_formula_bit_for_bit(weight_decay, flat):
+    """Both layouts of the per-element Adam (one [S, N] state buffer, or one per parameter) give the
+    formula's bits, with zero and subnormal second moments (the clamped sqrt path) and a state reset."""
+    cfgs = [
+        MethodConfig(optimizer="adam", lr=1e-3, weight_decay=weight_decay),
+        MethodConfig(optimizer="adam", lr=3e-4, betas=(0.8, 0.99), weight_decay=weight_decay),
+        MethodConfig(optimizer="adam", lr=1e-2, eps=1e-6, weight_decay=weight_decay),
+    ]
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(3, 5, 7, generator=gen), torch.randn(3, 5, generator=gen), torch.randn(3, 2, 5, generator=gen)]
+    grads_seq = []
+    for t in range(40):
+        grads = []
+        for p in params:
+            g = torch.randn(p.shape, generator=gen)
+            g[..., 0] = 0.0  # never a gradient: v stays exactly 0
+            if t > 3:
+                g[..., -1] = 0.0  # v decays from a tiny value into the subnormal range
+            elif p.dim() > 1:
+                g[..., -1] = 1e-19
+            grads.append(g)
+        grads_seq.append(grads)
+    batched = [p.clone() for p in params]
+    opt = make_optimizer(batched, cfgs, "cpu", flat_state=flat)
+    assert opt.flat is flat
+    for t, grads in enumerate(grads_seq):
+        if t == 20:
+            for st in opt.state_views(batched[0][:, 1]):
+                st.zero_()
+        opt.step(grads)
+    ref = _adam_per_element_reference(params, grads_seq, cfgs, reset_at=20)
+    for b, r in zip(batched, ref):
+        assert torch.equal(b, r)
+
+
+def test_flat_adam_state_views_address_the_parameters_elements():
+    """In the flat layout, the state view of any slice of a parameter holds that slice's elements."""
+    w, b = torch.zeros(2, 3, 4), torch.zeros(2, 3)
+    opt = make_optimizer([w, b], [MethodConfig(optimizer="adam")] * 2, "cpu", flat_state=True)
+    assert opt.flat
+    for view, index in [(w[:, 1], (slice(None), 1)), (w[:, :, 2], (slice(None), slice(None), 2)), (b[1], (1,)),
+                        (w[1, 2:, 1:3], (1, slice(2, None), slice(1, 3)))]:  # fmt: skip
+        for st in opt.state.__iter__().__next__().values():
+            st.zero_()
+        for name, sv in zip(opt.state_names, opt.state_views(view)):
+            sv.fill_(7.0)
+            target = opt.state[0 if view._base is w or view is w else 1][name]
+            expect = torch.zeros_like(target)
+            expect[index] = 7.0
+            assert torch.equal(target, expect), (name, index)
+            sv.zero_()

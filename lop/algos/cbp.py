@@ -268,6 +268,7 @@ class ContinualBackprop:
         self.rate = torch.tensor([c.replacement_rate for c in configs], dtype=torch.float64, device=dev)
         self.maturity = torch.tensor([c.maturity for c in configs], dtype=torch.int64, device=dev)
         self.decay = torch.tensor([c.decay for c in configs], dtype=torch.float32, device=dev)
+        self._one_minus_decay = (1.0 - self.decay).view(-1, 1)  # (1 − η), the same float32 every step
         self.track_mean = self.utility == "adaptable_contribution" or self.bias_correction
         max_rate = max(c.replacement_rate for c in configs)
         self.k_max = [min(layer.n_units, math.floor(max_rate * layer.n_units) + 1) for layer in self.layers]
@@ -333,14 +334,14 @@ class ContinualBackprop:
             in_mag, self._next_in_mag = self._next_in_mag, None
             self.age[i].add_(1)
             if self.track_mean:
-                self.mean_act[i].mul_(d).add_((1.0 - d) * unit_mean(h))
+                self.mean_act[i].mul_(d).add_(self._one_minus_decay * unit_mean(h))
             if self.utility == "reference_sum":
                 self.act_sum[i].add_(abs_unit_mean(h))
                 per_unit = layer.out_weight[0, :, 0].numel()  # outgoing weights of one unit
                 out_mean = self._magnitudes(i, layer).div_(per_unit)
                 torch.mul(out_mean, self.act_sum[i], out=self.util[i])
             else:
-                self.util[i].mul_(d).add_((1.0 - d) * self._instant_utility(i, layer, h, in_mag))
+                self.util[i].mul_(d).add_(self._one_minus_decay * self._instant_utility(i, layer, h, in_mag))
             if self.active and self._replace(i, layer, step):
                 self._next_in_mag = None  # the next layer's incoming weights changed (zeroed columns)
 

@@ -22,6 +22,13 @@ and, at the learner's period boundaries (a PPO update, the end of a task),
                                finished task's training data and the network's masked log-probabilities
                                (consolidation: EWC's Fisher, SI's Ω, LwF's old model, expansion).
 
+Packing methods. Runs with different methods may share a batch (params ``pack_methods``) when their
+non-numeric settings agree (`lop.config.packing_conflict`). An optional method that some runs leave
+unset is built for all of them only if its config offers ``neutral()``, a config under which the hook
+changes nothing those runs compute: continual backprop with replacement rate 0 (its statistics are
+tracked, no unit is ever replaced). Shrink & Perturb (σ = 0 adds exact zeros) and L2 (λ = 0) are
+numeric settings and mix already. A run's numbers stay those it has alone (tests/test_pack_methods.py).
+
 Hooks run in registration order at each point. A learner declares the hook points it calls
 (`HOOK_POINTS`); a method whose points a learner does not call is *unsupported* there and rejected
 before training (`supported_keys`), so no setting is silently ignored. Only hooks that implement a
@@ -168,6 +175,8 @@ class MethodStack:
 
     ``fuse_if_possible``: build the fused Adam kernel when no active method resets optimiser state
     per element (the PPO learner's choice); otherwise the optimiser is always resettable.
+    ``flat_optimizer_state``: a per-element Adam keeps all its state in ``[S, N]`` buffers (small nets
+    whose step is mostly per-operation overhead; `lop.optim.BatchedAdam`).
     ``learner_points``: the hook points the calling learner implements; an active method needing
     another point is a config error (the experiment's declaration should have caught it first).
     """
@@ -182,6 +191,7 @@ class MethodStack:
         net: Any = None,
         learner_points: frozenset[str] = frozenset(POINTS),
         fuse_if_possible: bool = False,
+        flat_optimizer_state: bool = False,
     ) -> None:
         if len(methods) != streams.n:
             raise ValueError(f"need one method config per run ({streams.n}), got {len(methods)}")
@@ -191,7 +201,16 @@ class MethodStack:
             if not e.active(values):
                 continue
             if any(v is None for v in values):
-                raise ConfigError(e.key, "all runs of one batch must use this method or none")
+                template = next(v for v in values if v is not None)
+                if not hasattr(template, "neutral"):
+                    raise ConfigError(e.key, "all runs of one batch must use this method or none")
+                if fuse_if_possible and e.resets_units:
+                    raise ConfigError(
+                        e.key,
+                        "runs without this method would lose the fused optimiser in its batch (another "
+                        "update than alone); train them in a separate job",
+                    )
+                values = [template.neutral() if v is None else v for v in values]
             if not e.points <= learner_points:
                 raise ConfigError(e.key, "this learner does not support the method")
             if e.needs_units and not unit_layers:
@@ -199,7 +218,9 @@ class MethodStack:
             entries.append((e, values))
         self.resettable = not fuse_if_possible or any(e.resets_units for e, _ in entries)
         plist = params(self.resettable) if callable(params) else list(params)
-        self.optimizer = make_optimizer(plist, methods, streams.device, resettable=self.resettable)
+        self.optimizer = make_optimizer(
+            plist, methods, streams.device, resettable=self.resettable, flat_state=flat_optimizer_state
+        )
         ctx = MethodContext(plist, list(unit_layers), self.optimizer, streams, net)
         self.hooks: dict[str, MethodHook] = {e.key: e.build(values, ctx) for e, values in entries}
         self.needs_activations = any(e.needs_activations for e, _ in entries)

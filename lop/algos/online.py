@@ -38,6 +38,7 @@ class OnlineMLPLearner:
             params=net.parameters(),
             unit_layers=net.unit_layers() if net.n_hidden > 0 else (),
             learner_points=self.HOOK_POINTS,
+            flat_optimizer_state=True,  # a dozen tensor ops per Adam step instead of a dozen per parameter
         )
         self.optimizer = self.methods.optimizer
         cbp = self.methods.get("cbp")

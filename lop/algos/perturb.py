@@ -2,7 +2,8 @@
 
 (The "shrink" is the weight decay of the optimiser.) Noise is drawn in blocks of several steps so
 each draw is large enough for the fast per-run generator backend of `lop.rng`; the block size
-depends only on the parameter count, never on the batch.
+depends only on the parameter count, never on the batch. Runs with σ = 0 in the batch (runs of other
+methods packed with S&P) draw nothing and are not touched: only the rows of runs with σ > 0 get noise.
 """
 
 from __future__ import annotations
@@ -27,17 +28,26 @@ class GaussianPerturbation:
         self.block = max(1, math.ceil(TORCH_BACKEND_MIN / self.total))
         self._buf: torch.Tensor | None = None
         self._buf_block = -1
+        active = [k for k, v in enumerate(std.tolist()) if v > 0]
+        # rows of the runs that get noise: None when all do (the plain, common case)
+        self.rows = None if len(active) == streams.n else torch.tensor(active, device=std.device)
+        self.draw_streams = streams if self.rows is None else streams.subset(active)
+        self.draw_std = std if self.rows is None else std[self.rows]
 
     @torch.no_grad()
     def step(self, t: int) -> None:
         """Perturb the parameters after optimiser step `t`."""
         block, offset = divmod(t, self.block)
         if block != self._buf_block:
-            self._buf = self.streams.normal("perturb", block, (self.block, self.total), self.std)
+            self._buf = self.draw_streams.normal("perturb", block, (self.block, self.total), self.draw_std)
             self._buf_block = block
         assert self._buf is not None
         noise = self._buf[:, offset]
         start = 0
         for p, n in zip(self.params, self.sizes):
-            p.add_(noise[:, start : start + n].view_as(p))
+            part = noise[:, start : start + n]
+            if self.rows is None:
+                p.add_(part.view_as(p))
+            else:
+                p.index_add_(0, self.rows, part.view(-1, *p.shape[1:]))
             start += n

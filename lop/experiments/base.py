@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lop.config import static_fields
+from lop.config import packing_conflict, static_fields
 from lop.errors import ConfigError
 
 # RunSpec, set_method_keys and check_supported are torch-free (params validation uses them): they live in
@@ -140,17 +140,16 @@ class ExperimentSpec:
 
 def check_packable(runs: Sequence[RunSpec], where: str = "runs") -> None:
     """Runs in one batch must agree on every non-numeric method setting (optimiser, utility, ...)."""
-    first = static_fields(runs[0].config)
-    for r in runs[1:]:
-        other = static_fields(r.config)
-        for key in sorted(set(first) | set(other)):
-            if first.get(key) != other.get(key):
-                raise ConfigError(
-                    where,
-                    f"settings {runs[0].setting_id!r} and {r.setting_id!r} differ in {key!r} "
-                    f"({first.get(key)!r} vs {other.get(key)!r}) and cannot train in one batch; "
-                    "set pack_settings: false or split the method",
-                )
+    conflict = packing_conflict([r.config for r in runs])
+    if conflict is not None:
+        a, b, key = conflict
+        va, vb = static_fields(runs[a].config).get(key), static_fields(runs[b].config).get(key)
+        raise ConfigError(
+            where,
+            f"settings {runs[a].method}/{runs[a].setting_id} and {runs[b].method}/{runs[b].setting_id} "
+            f"differ in {key!r} ({va!r} vs {vb!r}) and cannot train in one batch; "
+            "set pack_settings: false, split the method or take it out of pack_methods",
+        )
 
 
 def experiments() -> dict[str, ExperimentSpec]:

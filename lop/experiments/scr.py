@@ -54,14 +54,19 @@ class SCRTrainer(Trainer):
             t0 = t_bin + c * p.chunk
             x, y = self.inputs.chunk(t0, p.chunk, t0 // p.chunk, self.target)
             # step-major copies: each step then reads one contiguous [S, ...] block
-            xs = x.transpose(0, 1).contiguous().unsqueeze(2)  # [C, S, 1, m]
-            ys = y.transpose(0, 1).contiguous().unsqueeze(2)  # [C, S, 1]
-            for j in range(p.chunk):
-                loss, _ = self.learner.step(t0 + j, xs[j], ys[j])
-                sq[c * p.chunk + j] = loss[:, 0]
+            # (unbind: the per-step views in one call; the losses [S, 1] are gathered once per chunk)
+            xs = x.transpose(0, 1).contiguous().unsqueeze(2).unbind(0)  # C × [S, 1, m]
+            ys = y.transpose(0, 1).contiguous().unsqueeze(2).unbind(0)  # C × [S, 1]
+            step = self.learner.step
+            losses = [step(t0 + j, xj, yj)[0] for j, (xj, yj) in enumerate(zip(xs, ys))]
+            sq[c * p.chunk : (c + 1) * p.chunk] = torch.cat(losses, 1).T
         sq = sq.transpose(0, 1)
         self._track_divergence(sq, t_bin)
-        return [self.metric("squared_error", t_bin + p.bin_size, sq.mean(1))]
+        # the bin mean in float64, rounded once to float32: the float32 mean of the strided [bin, S]
+        # layout summed a run's errors in an order that depended on S (vectorised across runs), i.e. on
+        # its batch, and any float32 order depends on the CPU's vector width; this one is the correctly
+        # rounded mean but for ties within 1e-16, whatever the batch and the CPU
+        return [self.metric("squared_error", t_bin + p.bin_size, sq.double().mean(1).float())]
 
     def _track_divergence(self, sq: torch.Tensor, t0: int) -> None:
         bad = ~torch.isfinite(sq)
