@@ -32,6 +32,10 @@ if not FROM_CACHE:
                 conda:
                     "../envs/lop.yaml"
                 threads: _job.resources["threads"]
+                # larger jobs first (Snakemake runs higher priorities first when cores are short): on
+                # the demo the packed SCR job (120 runs) is the longest, and started last it would
+                # leave the other core idle for minutes at the end
+                priority: len(_job.outputs)
                 resources:
                     gpu=_job.resources["gpu"],
                     mem_mb=_job.resources["mem_mb"],
