@@ -249,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--experiment", help="experiment name (uses params/<experiment>.yaml)")
     src.add_argument("--run-file", help="a YAML run file instead of a params file")
     src.add_argument("--scale", default="demo", help="smoke | demo | paper (default demo)")
-    src.add_argument("--method", help="method name from the params file")
+    src.add_argument(
+        "--method", help="method name from the params file, or a packed group of them such as bp+l2 (pack_methods)"
+    )
     src.add_argument("--setting-id", action="append", help="setting of the method (repeat; default all)")
     src.add_argument("--seeds", help="seeds, e.g. 0,1,2 or 0-29 (default: the scale's seeds)")
     run.add_argument("--out", required=True, help="runs root, e.g. results/runs/<experiment>/<scale>")

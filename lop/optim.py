@@ -36,14 +36,21 @@ class BatchedOptimizer:
 
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, params: Sequence[torch.Tensor], weight_decay: torch.Tensor) -> None:
+    def __init__(
+        self, params: Sequence[torch.Tensor], weight_decay: torch.Tensor, allocate_state: bool = True
+    ) -> None:
+        """`allocate_state=False`: the subclass provides ``self.state`` itself (flat buffers)."""
         self.params = list(params)
         self.weight_decay = weight_decay
         self.use_wd = bool((weight_decay > 0).any())
-        self.state: list[dict[str, torch.Tensor]] = [
-            {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name in self.state_names}
-            for p in self.params
-        ]
+        self.state: list[dict[str, torch.Tensor]] = (
+            [
+                {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name in self.state_names}
+                for p in self.params
+            ]
+            if allocate_state
+            else []
+        )
         self._index = {id(p): i for i, p in enumerate(self.params)}
 
     def _hp(self, i: int, name: str) -> torch.Tensor:
@@ -53,6 +60,14 @@ class BatchedOptimizer:
         v = views.get((i, name))
         if v is None:
             v = views[i, name] = _bcast(getattr(self, name), self.params[i])
+        return v
+
+    def _row_hp(self, name: str) -> torch.Tensor:
+        """The ``[S]`` hyperparameter tensor `name` as an ``[S, 1]`` column for ``[S, N]`` buffers (built once)."""
+        views = self.__dict__.setdefault("_hp_views", {})
+        v = views.get((None, name))
+        if v is None:
+            v = views[None, name] = getattr(self, name).view(-1, 1)
         return v
 
     def _grad(
@@ -183,7 +198,7 @@ class BatchedAdam(BatchedOptimizer):
             ("exp_avg", "exp_avg_sq", "corr1", "corr2") if per_element_steps else ("exp_avg", "exp_avg_sq")
         )
         self.flat = per_element_steps and flat_state and _flat_layout_fits(list(params))
-        super().__init__(params, weight_decay)
+        super().__init__(params, weight_decay, allocate_state=not self.flat)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self._one_minus_beta1, self._one_minus_beta2, self._neg_lr = 1.0 - beta1, 1.0 - beta2, -lr
         # sqrt(v / c2) is only ever added to ε: below FLT_MIN its exact value (< 1.1e-19) cannot move
@@ -296,15 +311,7 @@ class BatchedAdam(BatchedOptimizer):
                 self._grad(i, p, g, out=dst)
             else:
                 dst.copy_(g)
-        flat_hp = self.__dict__.setdefault("_flat_hp", {})
-
-        def hp(name: str) -> torch.Tensor:
-            v = flat_hp.get(name)
-            if v is None:
-                v = flat_hp[name] = getattr(self, name).view(-1, 1)
-            return v
-
-        self._moments(self._flat_state, self._flat_grad, self._flat_tmp, hp)
+        self._moments(self._flat_state, self._flat_grad, self._flat_tmp, self._row_hp)
         for i, p in enumerate(self.params):
             p.addcmul_(self._tmp_blocks[i], self._hp(i, "_neg_lr"))
 

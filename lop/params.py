@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lop.config import MethodConfig, check, from_dict, packing_conflict, set_dotted, to_dict
+from lop.config import MethodConfig, check, fillable_methods, from_dict, packing_conflict, set_dotted, to_dict
 from lop.errors import ConfigError
 from lop.experiments.schemas import RunSpec, check_supported, get_schema
 from lop.limits import (
@@ -105,6 +105,10 @@ class ScaleSpec:
     # is missing the pipeline skips this experiment at this scale with one line (`missing_files`)
     needs_files: list[str] = field(default_factory=list)
     needs_files_help: str = ""  # how a user obtains them (the skip line quotes it)
+
+    def pack_group_of(self) -> dict[str, list[str]]:
+        """Each packed method's `pack_methods` group (methods not in a group are absent)."""
+        return {m: g for g in self.pack_methods for m in g}
 
 
 @dataclass(frozen=True)
@@ -390,14 +394,18 @@ def load_params(path: str | Path) -> Params:
             settings[scale_name][mname] = _expand_scale_method(
                 path, sw, mname, mraw, scale.patch.get(mname), spec, scale.problem
             )
-        _check_pack_methods(scale, settings[scale_name], sw)
+        _check_pack_methods(scale, settings[scale_name], sw, spec.fused_optimizer)
         _check_job_memory(scale, scale.resources or data.resources, settings[scale_name], len(seeds), sw)
     return Params(path, data, problems, settings, sources)
 
 
-def _check_pack_methods(scale: ScaleSpec, methods: dict[str, list[Setting]], where: str) -> None:
+def _check_pack_methods(
+    scale: ScaleSpec, methods: dict[str, list[Setting]], where: str, fused_optimizer: bool = False
+) -> None:
     """`pack_methods`: groups of ≥ 2 of the scale's methods, each method in at most one group, whose
-    settings can share a batch (`lop.config.packing_conflict`); needs ``pack_settings: true``."""
+    settings can share a batch (`lop.config.packing_conflict`); needs ``pack_settings: true``. Where the
+    experiment's learner fuses its optimiser (PPO), a group may not mix runs with and without a method
+    that is filled with its neutral config (CBP): those runs would train with another kernel than alone."""
     if not scale.pack_methods:
         return
     if not scale.pack_settings:
@@ -414,6 +422,17 @@ def _check_pack_methods(scale: ScaleSpec, methods: dict[str, list[Setting]], whe
                 raise ConfigError(gw, f"method {m!r} is in two groups; put it in one")
             seen.add(m)
         settings = [s for m in group for s in methods[m]]
+        if fused_optimizer:
+            filled = set().union(*(fillable_methods(s.config) for s in settings))
+            for key in sorted(filled):
+                without = [s for s in settings if getattr(s.config, key) is None]
+                if without:
+                    raise ConfigError(
+                        gw,
+                        f"{without[0].method}/{without[0].setting_id} has no {key!r} while others in the group do; "
+                        "this experiment's fused optimiser cannot train them in one batch: pack methods "
+                        f"that all use {key!r} or none",
+                    )
         conflict = packing_conflict([s.config for s in settings])
         if conflict is not None:
             a, b, key = conflict
@@ -466,7 +485,7 @@ def _check_job_memory(
     runs_per_seed_chunk = min(scale.seeds_per_job, n_seeds)
     limit = res.mem_mb if res.gpu == 0 else max(res.mem_mb, GPU_MEMORY_MB)
     what = "the job's resources.mem_mb" if res.gpu == 0 else "one GPU"
-    group_of = {m: g for g in scale.pack_methods for m in g}
+    group_of = scale.pack_group_of()
     for mname, method_settings in methods.items():
         packed = len(method_settings) if scale.pack_settings else 1
         if mname in group_of:
@@ -529,7 +548,7 @@ def _job_methods(params: Params, scale: str) -> list[tuple[str, list[Setting]]]:
     """(``--method`` value, settings) per method, a `pack_methods` group as one entry (``a+b+c``, at the
     place of its first member, its members' settings in group order)."""
     methods = params.settings[scale]
-    group_of = {m: g for g in params.scale(scale).pack_methods for m in g}
+    group_of = params.scale(scale).pack_group_of()
     out: list[tuple[str, list[Setting]]] = []
     done: set[str] = set()
     for method, settings in methods.items():

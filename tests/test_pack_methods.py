@@ -122,14 +122,62 @@ def test_only_methods_with_a_neutral_config_mix_with_runs_without_them():
         _stack([MethodConfig(optimizer="adam"), MethodConfig(optimizer="adam", cbp=CBPConfig())], fuse=True)
 
 
-def test_perturbation_leaves_runs_without_noise_untouched_and_others_as_alone():
+@pytest.mark.parametrize("std", [[0.0, 0.1, 0.0], [0.0, 0.1, 0.2], [0.1, 0.0, 0.2]])
+def test_perturbation_leaves_runs_without_noise_untouched_and_others_as_alone(std: list[float]):
+    """Rows with σ = 0 keep their bits (signed zeros too); noisy rows, a contiguous range (a slice)
+    or not (index_add_), get exactly the noise they would get alone."""
     params = [torch.full((3, 2, 5), -0.0), torch.randn(3, 7, generator=torch.Generator().manual_seed(0))]
     before = [p.clone() for p in params]
-    streams = RunStreams([5, 6, 7])
-    GaussianPerturbation(params, torch.tensor([0.0, 0.1, 0.0]), streams).step(3)
-    for p, b in zip(params, before):
-        assert torch.equal(p[[0, 2]], b[[0, 2]]) and torch.equal(torch.signbit(p[0]), torch.signbit(b[0]))
-    alone = [b[1:2].clone() for b in before]
-    GaussianPerturbation(alone, torch.tensor([0.1]), RunStreams([6])).step(3)
-    for p, a in zip(params, alone):
-        assert torch.equal(p[1:2], a)
+    seeds = [5, 6, 7]
+    pert = GaussianPerturbation(params, torch.tensor(std), RunStreams(seeds))
+    assert (pert.span is not None) == (std != [0.1, 0.0, 0.2])
+    pert.step(3)
+    for r, sigma in enumerate(std):
+        if sigma == 0:
+            for p, b in zip(params, before):
+                assert torch.equal(p[r], b[r]) and torch.equal(torch.signbit(p[r]), torch.signbit(b[r]))
+            continue
+        alone = [b[r : r + 1].clone() for b in before]
+        GaussianPerturbation(alone, torch.tensor([sigma]), RunStreams([seeds[r]])).step(3)
+        for p, a, b in zip(params, alone, before):
+            assert torch.equal(p[r : r + 1], a) and not torch.equal(a, b[r : r + 1])
+
+
+PPO_PARAMS = """
+experiment: ppo_ant
+methods:
+  standard: {base: {optimizer: adam, lr: 1.0e-4, betas: [0.9, 0.999]}}
+  l2: {base: {optimizer: adam, lr: 1.0e-4, betas: [0.9, 0.999], weight_decay: 1.0e-4}}
+  cbp_l2: {base: {optimizer: adam, lr: 1.0e-4, betas: [0.9, 0.999], weight_decay: 1.0e-4,
+           cbp: {replacement_rate: 0.01, maturity: 4}}}
+scales:
+  smoke:
+    problem: {total_steps: 512, rollout: 256, epochs: 1, minibatch: 64, hidden: [8, 8], probe_steps: 128}
+    seeds: [0]
+    pack_settings: true
+    pack_methods: PACK
+    device: cpu
+"""
+
+
+@pytest.mark.parametrize(
+    ("pack", "error"),
+    [
+        ("[[standard, l2]]", None),
+        ("[[standard, cbp_l2]]", "standard/default has no 'cbp' while others in the group do"),
+        ("[[l2, cbp_l2]]", "l2/default has no 'cbp'"),
+    ],
+)
+def test_fused_optimiser_experiments_refuse_partial_cbp_packs_at_validation(
+    tmp_path: Path, pack: str, error: str | None
+) -> None:
+    """PPO's learner fuses Adam: a group mixing runs with and without CBP is refused by `lop params
+    validate` (before any job), not only when the job starts."""
+    path = tmp_path / "ppo_ant.yaml"
+    path.write_text(PPO_PARAMS.replace("PACK", pack))
+    if error is None:
+        assert [j.method for j in expand_jobs(load_params(path), "smoke")] == ["standard+l2", "cbp_l2"]
+        return
+    with pytest.raises(ConfigError, match=error) as e:
+        load_params(path)
+    assert "pack_methods[0]" in e.value.where

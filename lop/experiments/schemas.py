@@ -711,6 +711,9 @@ class ExperimentSchema:
     name: str
     problem_cls: type
     supports: frozenset[str]
+    # the learner builds a fused optimiser kernel (PPO's Adam): runs without a unit-resetting method
+    # (CBP) cannot be packed with runs using it, since they would lose the fused kernel (`pack_methods`)
+    fused_optimizer: bool = False
 
 
 _OPTIMISER = ("betas", "eps", "lr", "momentum", "noise_std", "optimizer", "weight_decay")
@@ -740,9 +743,9 @@ SCHEMAS: dict[str, ExperimentSchema] = {
         ExperimentSchema("moe_cifar_50", MoECifar50Problem, _MOE),
         ExperimentSchema("moe_mtil", MoEMtilProblem, _MOE),
         ExperimentSchema("permuted_mnist", PermutedMNISTProblem, _MINIBATCH | {"arch"}),
-        ExperimentSchema("ppo_ant", AntProblem, _PPO),
-        ExperimentSchema("ppo_mujoco", MujocoProblem, _PPO),
-        ExperimentSchema("ppo_slippery_ant", SlipperyAntProblem, _PPO),
+        ExperimentSchema("ppo_ant", AntProblem, _PPO, fused_optimizer=True),
+        ExperimentSchema("ppo_mujoco", MujocoProblem, _PPO, fused_optimizer=True),
+        ExperimentSchema("ppo_slippery_ant", SlipperyAntProblem, _PPO, fused_optimizer=True),
         ExperimentSchema("scr", SCRProblem, _MINIBATCH | {"arch"}),
     )
 }

@@ -38,6 +38,11 @@ def from_grouped(h: torch.Tensor, n_runs: int) -> torch.Tensor:
     return h.unflatten(1, (n_runs, -1)).transpose(0, 1)
 
 
+def _small_pointwise(weight: torch.Tensor) -> bool:
+    """A 1×1 kernel over fewer than 8 input channels per run (weight ``[S, out, in, 1, 1]``)."""
+    return weight.shape[-2:] == (1, 1) and weight.shape[2] < 8
+
+
 def grouped_conv2d(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -45,8 +50,15 @@ def grouped_conv2d(
     stride: int = 1,
     padding: int = 0,
 ) -> torch.Tensor:
-    """Per-run convolution: h ``[B, S*in, H, W]``, weight ``[S, out, in, kh, kw]``, bias ``[S, out]``."""
+    """Per-run convolution: h ``[B, S*in, H, W]``, weight ``[S, out, in, kh, kw]``, bias ``[S, out]``.
+
+    A strided 1×1 convolution without padding with fewer than 8 input channels per run is computed on
+    CPU as the same convolution with stride 1 of the strided view ``h[..., ::s, ::s]`` (the same
+    products and sums): oneDNN's weight-gradient kernel for the strided form corrupts the heap on AVX2
+    CPUs with one thread (torch 2.13; ResNet-18 at width < 8, tests/test_batched_conv.py)."""
     n_runs = weight.shape[0]
+    if stride > 1 and padding == 0 and h.device.type == "cpu" and _small_pointwise(weight):
+        h, stride = h[..., ::stride, ::stride], 1
     b = None if bias is None else bias.reshape(-1)
     return F.conv2d(h, weight.flatten(0, 1), b, stride=stride, padding=padding, groups=n_runs)
 
