@@ -181,6 +181,11 @@ def check(ok: bool, key: str, message: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 # The method configuration shared by every experiment: methods are composable, not subclasses.
 # ---------------------------------------------------------------------------------------------
+#
+# Every method config class declares ``resets_units``: whether its hook resets optimiser state per
+# element (replaces units: CBP, ReDo), so that Adam cannot use its fused per-run kernel. It is the one
+# flag that both `lop params validate` (`lop.params`, packs of a fused-optimiser experiment) and the
+# method layer (`lop.algos.method_layer.MethodEntry.resets_units`) read, through `resets_units` below.
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,8 @@ class CBPConfig:
     it, as the reference code did). count: "eligible" adds ρ·(#eligible units) per step; "all" adds
     ρ·(#units) per step as soon as any unit is eligible (the Continual ImageNet reference code).
     """
+
+    resets_units: ClassVar[bool] = True
 
     replacement_rate: float = 1e-4
     maturity: int = 100
@@ -222,6 +229,8 @@ class CBPConfig:
 class ReDoConfig:
     """ReDo (Sokar et al. 2023): reinitialise units with normalised activation <= threshold."""
 
+    resets_units: ClassVar[bool] = True
+
     threshold: float = 0.1
     every: int = 100
 
@@ -234,6 +243,8 @@ class ReDoConfig:
 @dataclass(frozen=True)
 class L2InitConfig:
     """L2-Init (Kumar, Marklund & Van Roy 2023): loss term strength · ‖θ − θ₀‖², θ₀ the initial parameters."""
+
+    resets_units: ClassVar[bool] = False
 
     strength: float = 1e-3
 
@@ -251,6 +262,7 @@ class SIConfig:
     """Synaptic Intelligence (Zenke, Poole & Ganguli 2017), as the authors' code: penalty
     c·Σ Ω(θ − θ̃)² with Ω ← relu(Ω + ω / ((θ − θ̃)² + ξ)) at each task end (`lop.algos.synaptic_intelligence`)."""
 
+    resets_units: ClassVar[bool] = False
     SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     c: float = 0.1
@@ -270,6 +282,7 @@ class EWCConfig:
     fisher_batch examples); fisher_samples: examples of the finished task used per run; online: one
     anchor with F* ← γF* + F_t instead of one term per task; gamma: online only."""
 
+    resets_units: ClassVar[bool] = False
     SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     lam: float = 100.0
@@ -304,6 +317,7 @@ class ReplayConfig:
     `policy` (reservoir sampling or class-balanced), `batch` replayed examples appended to every step's
     batch once the buffer holds examples."""
 
+    resets_units: ClassVar[bool] = False
     SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     buffer: int = 1000
@@ -322,6 +336,7 @@ class LwFConfig:
     α·T²·KL(softmax(old/T) ‖ softmax(new/T)) over the past tasks' outputs of the model frozen at the
     end of the previous task."""
 
+    resets_units: ClassVar[bool] = False
     SCENARIOS: ClassVar[frozenset[str]] = ALL_SCENARIOS
 
     alpha: float = 1.0
@@ -347,6 +362,8 @@ class MoEAdaptersConfig:
     ``per_batch`` (the public code) with its threshold and autoencoder iterations (first task / later).
     warmup_steps: linear warm-up of the per-task cosine schedule. label_smoothing: of the cross-entropy.
     """
+
+    resets_units: ClassVar[bool] = False
 
     mode: Literal["adapters", "zero_shot", "full_finetune"] = "adapters"
     experts: int = 2
@@ -408,6 +425,8 @@ class SamplerConfig:
     ``candidates``: examples scored per drawn example (max-loss, uncertainty) or the step's candidate
     pool per drawn example (herding, k-means)."""
 
+    resets_units: ClassVar[bool] = False
+
     kind: SamplerKind = "uniform"
     window: int = 0
     decay: float = 1.0
@@ -430,6 +449,8 @@ class DistillConfig:
     """Distillation towards stored logits (`lop.algos.distillation`): ``loss`` bce (iCaRL), kl (BiC),
     cosine (LUCIR), mse (DER); ``weight`` multiplies the term; ``temperature`` T of bce/kl."""
 
+    resets_units: ClassVar[bool] = False
+
     loss: Literal["bce", "kl", "cosine", "mse"] = "kl"
     weight: float = 1.0
     temperature: float = 2.0
@@ -445,6 +466,8 @@ class FCCorrectionConfig:
     """A correction of the classifier layer (`lop.algos.fc_correction`): ``wa`` weight aligning after each
     step, ``bic`` a bias-correction layer fitted on held-out stored data, ``cosine`` a cosine head with
     scale ``sigma``. ``bic_steps``/``bic_lr``: the fit of BiC's (α, β)."""
+
+    resets_units: ClassVar[bool] = False
 
     kind: Literal["wa", "bic", "cosine"] = "wa"
     sigma: float = 1.0
@@ -475,6 +498,8 @@ class DENConfig:
     retraining after a split (0 = phase_steps // 10). lr_decay: the step size is multiplied by it after
     every epoch of the task's data (restarting each phase).
     """
+
+    resets_units: ClassVar[bool] = False
 
     # DEN picks head t and the units of time t from the task label: no task identity, no DEN
     SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task", "domain"})
@@ -590,6 +615,26 @@ def static_fields(cfg: MethodConfig) -> dict[str, Any]:
 
     flat = to_dict(cfg)
     return walk(flat)
+
+
+def method_config_class(key: str) -> type | None:
+    """The config class of `MethodConfig`'s optional method field `key` (`CBPConfig` for ``cbp``), or
+    None for a plain field (``noise_std``, ``lr``, ...)."""
+    hints, fields = _schema(MethodConfig)
+    if key not in fields:
+        return None
+    tp = hints[key]
+    for arg in typing.get_args(tp) or (tp,):
+        if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def resets_units(key: str) -> bool:
+    """Whether method `key`'s hook resets optimiser state per element: its config class's
+    ``resets_units`` flag (False for a plain field such as ``noise_std``)."""
+    cls = method_config_class(key)
+    return bool(cls is not None and cls.resets_units)
 
 
 def fillable_methods(cfg: MethodConfig) -> set[str]:

@@ -10,6 +10,7 @@ state is ever reset, one count per run and PyTorch's fused kernel.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -53,21 +54,15 @@ class BatchedOptimizer:
         )
         self._index = {id(p): i for i, p in enumerate(self.params)}
 
-    def _hp(self, i: int, name: str) -> torch.Tensor:
-        """The ``[S]`` hyperparameter tensor `name` viewed to broadcast over parameter `i` (built once:
-        a view per parameter and step is a measurable share of a small network's step)."""
+    def _hp(self, i: int | None, name: str) -> torch.Tensor:
+        """The ``[S]`` hyperparameter tensor `name` viewed to broadcast over parameter `i`, or with
+        ``i=None`` as an ``[S, 1]`` column for ``[S, N]`` buffers (built once: a view per parameter and
+        step is a measurable share of a small network's step)."""
         views = self.__dict__.setdefault("_hp_views", {})
         v = views.get((i, name))
         if v is None:
-            v = views[i, name] = _bcast(getattr(self, name), self.params[i])
-        return v
-
-    def _row_hp(self, name: str) -> torch.Tensor:
-        """The ``[S]`` hyperparameter tensor `name` as an ``[S, 1]`` column for ``[S, N]`` buffers (built once)."""
-        views = self.__dict__.setdefault("_hp_views", {})
-        v = views.get((None, name))
-        if v is None:
-            v = views[None, name] = getattr(self, name).view(-1, 1)
+            hp = getattr(self, name)
+            v = views[i, name] = hp.view(-1, 1) if i is None else _bcast(hp, self.params[i])
         return v
 
     def _grad(
@@ -285,7 +280,7 @@ class BatchedAdam(BatchedOptimizer):
         p ← p − α m / (c1 (sqrt(v / c2) + ε))   (= α (m / c1) / (sqrt(v / c2) + ε); two divisions and one
         square root per element, the expensive operations on a CPU)."""
         tmp = self._buffer(i, "adam_tmp")  # g², then the denominator, then the step (no fresh tensors)
-        self._moments(self.state[i], g, tmp, lambda name: self._hp(i, name))
+        self._moments(self.state[i], g, tmp, functools.partial(self._hp, i))
         p.addcmul_(tmp, self._hp(i, "_neg_lr"))
 
     def _moments(self, st: dict[str, torch.Tensor], g: torch.Tensor, tmp: torch.Tensor, hp) -> None:
@@ -311,7 +306,7 @@ class BatchedAdam(BatchedOptimizer):
                 self._grad(i, p, g, out=dst)
             else:
                 dst.copy_(g)
-        self._moments(self._flat_state, self._flat_grad, self._flat_tmp, self._row_hp)
+        self._moments(self._flat_state, self._flat_grad, self._flat_tmp, functools.partial(self._hp, None))
         for i, p in enumerate(self.params):
             p.addcmul_(self._tmp_blocks[i], self._hp(i, "_neg_lr"))
 

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lop.config import MethodConfig, check, fillable_methods, from_dict, packing_conflict, set_dotted, to_dict
+from lop.config import (
+    MethodConfig,
+    check,
+    fillable_methods,
+    from_dict,
+    packing_conflict,
+    resets_units,
+    set_dotted,
+    to_dict,
+)
 from lop.errors import ConfigError
 from lop.experiments.schemas import RunSpec, check_supported, get_schema
 from lop.limits import (
@@ -405,7 +414,8 @@ def _check_pack_methods(
     """`pack_methods`: groups of ≥ 2 of the scale's methods, each method in at most one group, whose
     settings can share a batch (`lop.config.packing_conflict`); needs ``pack_settings: true``. Where the
     experiment's learner fuses its optimiser (PPO), a group may not mix runs with and without a method
-    that is filled with its neutral config (CBP): those runs would train with another kernel than alone."""
+    that is filled with its neutral config and resets units (its config class's ``resets_units``: CBP):
+    those runs would train with another kernel than alone (the method layer refuses the same batch)."""
     if not scale.pack_methods:
         return
     if not scale.pack_settings:
@@ -424,7 +434,7 @@ def _check_pack_methods(
         settings = [s for m in group for s in methods[m]]
         if fused_optimizer:
             filled = set().union(*(fillable_methods(s.config) for s in settings))
-            for key in sorted(filled):
+            for key in sorted(k for k in filled if resets_units(k)):
                 without = [s for s in settings if getattr(s.config, key) is None]
                 if without:
                     raise ConfigError(

@@ -147,3 +147,34 @@ def test_draw_figure_uses_the_scale_titles_panels_and_lines(tmp_path):
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     fig, _ = draw_figure(spec, table, "paper", StyleSpec())
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 2 and "paper title" in fig._suptitle.get_text()
+
+
+def test_close_reference_labels_are_pushed_apart_by_their_rendered_height():
+    """Two reference lines closer than a label's height (ED Fig. 2's "linear learner (fig)" at 0.88 and
+    "BP α=0.001 (fig)" at 0.85): the labels' white boxes, text and padding, are stacked with a clear
+    margin between them, not merely without overlapping glyphs."""
+    import matplotlib.pyplot as plt
+
+    from lop.analysis.figures import REF_LABEL_MARGIN_PT, _label_references
+    from lop.analysis.registry import AxisSpec, PanelSpec, ReferenceSpec
+
+    refs = (
+        ReferenceSpec(y=0.85, label="BP α=0.001 (fig)"),
+        ReferenceSpec(y=0.88, label="linear learner (fig)"),
+    )
+    panel = PanelSpec(title="p", metric="loss", y=AxisSpec(label="y"), reference=refs)
+    fig, ax = plt.subplots(figsize=(3.6, 2.6), dpi=150)
+    ax.plot([0.0, 1.0], [0.45, 1.4])
+    for ref in refs:
+        ax.axhline(ref.y)
+    _label_references(ax, panel, {})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted(
+        (t.get_bbox_patch().get_window_extent(renderer) for t in ax.texts if "(fig)" in t.get_text()),
+        key=lambda b: b.y0,
+    )
+    plt.close(fig)
+    assert len(boxes) == 2
+    clearance_px = boxes[1].y0 - boxes[0].y1
+    assert clearance_px >= 0.9 * REF_LABEL_MARGIN_PT * 150 / 72.0, clearance_px

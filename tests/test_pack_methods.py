@@ -131,6 +131,7 @@ def test_perturbation_leaves_runs_without_noise_untouched_and_others_as_alone(st
     seeds = [5, 6, 7]
     pert = GaussianPerturbation(params, torch.tensor(std), RunStreams(seeds))
     assert (pert.span is not None) == (std != [0.1, 0.0, 0.2])
+    assert (pert.rows is None) == (pert.span is not None)  # an index tensor only for scattered rows
     pert.step(3)
     for r, sigma in enumerate(std):
         if sigma == 0:
@@ -181,3 +182,35 @@ def test_fused_optimiser_experiments_refuse_partial_cbp_packs_at_validation(
     with pytest.raises(ConfigError, match=error) as e:
         load_params(path)
     assert "pack_methods[0]" in e.value.where
+
+
+def test_validation_and_method_layer_read_the_config_classes_resets_units_flag() -> None:
+    """Every method config class declares ``resets_units``; the method layer's entries report exactly
+    the flag of their config class (the one `lop params validate` reads), and plain fields reset nothing."""
+    import dataclasses
+
+    from lop.algos.method_layer import registry
+    from lop.config import method_config_class, resets_units
+
+    classes = {f.name: method_config_class(f.name) for f in dataclasses.fields(MethodConfig)}
+    for key, cls in classes.items():
+        if cls is not None:
+            assert "resets_units" in vars(cls), f"{key}: {cls.__name__} does not declare resets_units"
+    flagged = {key for key, cls in classes.items() if cls is not None and cls.resets_units}
+    assert flagged == {"cbp", "redo"}
+    assert {key for key in classes if resets_units(key)} == flagged
+    assert {key for key, e in registry().items() if e.resets_units} == flagged & set(registry())
+
+
+def test_a_neutral_method_that_resets_no_units_is_not_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Having a neutral config is not what refuses a partial pack of a fused-optimiser experiment: with
+    CBP's class flag ``resets_units`` off, validation accepts [[standard, cbp_l2]] and the method layer
+    keeps the fused kernel for the same batch (both read the one flag)."""
+    monkeypatch.setattr(CBPConfig, "resets_units", False)
+    path = tmp_path / "ppo_ant.yaml"
+    path.write_text(PPO_PARAMS.replace("PACK", "[[standard, cbp_l2]]"))
+    assert [j.method for j in expand_jobs(load_params(path), "smoke")] == ["standard+cbp_l2", "l2"]
+    stack = _stack([MethodConfig(optimizer="adam"), MethodConfig(optimizer="adam", cbp=CBPConfig())], fuse=True)
+    assert not stack.resettable and stack.get("cbp") is not None

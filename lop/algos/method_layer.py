@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 import torch
 
 from lop.config import MethodConfig
+from lop.config import resets_units as config_resets_units
 from lop.errors import ConfigError
 from lop.nets.units import UnitLayer
 from lop.optim import BatchedOptimizer, make_optimizer
@@ -122,18 +123,24 @@ class MethodEntry:
     """A registered method: the `MethodConfig` field it reads and how to build its hook.
 
     ``active(values)`` says from the per-run field values whether the hook is needed in this batch;
-    ``build(values, ctx)`` returns it. ``resets_units``: the hook resets optimiser state per element
-    (Adam then cannot use the fused kernel); ``needs_units``: it works on hidden unit layers;
-    ``needs_activations``: `after_step` needs the step's hidden activations.
+    ``build(values, ctx)`` returns it. ``needs_units``: it works on hidden unit layers;
+    ``needs_activations``: `after_step` needs the step's hidden activations. Whether the hook resets
+    optimiser state per element (`resets_units`) is the flag of the method's config class.
     """
 
     key: str
     points: frozenset[str]
     build: Callable[[list[Any], MethodContext], MethodHook]
     active: Callable[[list[Any]], bool]
-    resets_units: bool = False
     needs_units: bool = False
     needs_activations: bool = False
+
+    @property
+    def resets_units(self) -> bool:
+        """The hook resets optimiser state per element (Adam then cannot use the fused kernel): the
+        ``resets_units`` flag of the method's config class (`lop.config.resets_units`), the same flag
+        `lop params validate` reads for packs of a fused-optimiser experiment."""
+        return config_resets_units(self.key)
 
 
 REGISTRY: dict[str, MethodEntry] = {}

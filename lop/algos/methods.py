@@ -121,12 +121,8 @@ register(
         active=lambda stds: any(s > 0 for s in stds),
     )
 )
-register(
-    MethodEntry(
-        "cbp", CBPHook.points, CBPHook, any_set, resets_units=True, needs_units=True, needs_activations=True
-    )
-)
-register(MethodEntry("redo", ReDoHook.points, ReDoHook, any_set, resets_units=True, needs_units=True))
+register(MethodEntry("cbp", CBPHook.points, CBPHook, any_set, needs_units=True, needs_activations=True))
+register(MethodEntry("redo", ReDoHook.points, ReDoHook, any_set, needs_units=True))
 register(MethodEntry("l2_init", L2InitHook.points, L2InitHook, any_set))
 register(MethodEntry("ewc", EWC.points, EWC, any_set))
 register(MethodEntry("replay", ExperienceReplay.points, ExperienceReplay, any_set))

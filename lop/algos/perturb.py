@@ -29,13 +29,20 @@ class GaussianPerturbation:
         self._buf: torch.Tensor | None = None
         self._buf_block = -1
         active = [k for k, v in enumerate(std.tolist()) if v > 0]
-        # rows of the runs that get noise: None when all do (the plain, common case)
-        self.rows = None if len(active) == streams.n else torch.tensor(active, device=std.device)
-        self.draw_streams = streams if self.rows is None else streams.subset(active)
-        self.draw_std = std if self.rows is None else std[self.rows]
-        # a contiguous range of rows (how packing lays out a method's runs) is a slice: a plain add_
-        # on a view, the same per-element sum as index_add_ without its indexing cost
-        self.span = (active[0], len(active)) if active and active == list(range(active[0], active[-1] + 1)) else None
+        # runs that get noise: all of them (the plain, common case), a contiguous range of rows (how
+        # packing lays out a method's runs: a slice, a plain add_ on a view, the same per-element sum as
+        # index_add_ without its indexing cost), or else an index tensor `rows` for index_add_
+        self.all_rows = len(active) == streams.n
+        contiguous = bool(active) and active == list(range(active[0], active[-1] + 1))
+        self.span = (active[0], len(active)) if contiguous else None
+        self.rows = None if self.span is not None else torch.tensor(active, device=std.device)
+        self.draw_streams = streams if self.all_rows else streams.subset(active)
+        if self.all_rows:
+            self.draw_std = std
+        elif self.span is not None:
+            self.draw_std = std.narrow(0, *self.span)
+        else:
+            self.draw_std = std[self.rows]
 
     @torch.no_grad()
     def step(self, t: int) -> None:
@@ -49,10 +56,10 @@ class GaussianPerturbation:
         start = 0
         for p, n in zip(self.params, self.sizes):
             part = noise[:, start : start + n]
-            if self.rows is None:
+            if self.all_rows:
                 p.add_(part.view_as(p))
             elif self.span is not None:
                 p.narrow(0, *self.span).add_(part.view(-1, *p.shape[1:]))
-            else:
+            elif self.rows is not None:
                 p.index_add_(0, self.rows, part.view(-1, *p.shape[1:]))
             start += n

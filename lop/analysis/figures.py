@@ -37,6 +37,8 @@ MARKERS_BELOW = 12  # lines with this few points get markers (a single bin is ot
 YLABEL_WRAP = 28  # characters per line of a y label (a longer one would run past a panel's height)
 LEGEND_ONE_COLUMN = 6  # more lines than this: a two-column legend (fewer rows over the data)
 REF_FONT_PT = 5.5  # reference-mark labels
+REF_BOX_PAD = 0.05  # padding of a reference label's white box, in units of its font size
+REF_LABEL_MARGIN_PT = 2.5  # clear space between two stacked reference labels' boxes
 
 
 @dataclass(frozen=True)
@@ -300,17 +302,32 @@ def reference_label_positions(
     return out
 
 
+def reference_label_gap(ax: plt.Axes, labels: list[str]) -> float:
+    """The height (axes fraction) a reference label of `ax` takes when stacked: the tallest of `labels`
+    as rendered (ascenders, descenders, parentheses), its box padding and `REF_LABEL_MARGIN_PT`."""
+    renderer = ax.figure.canvas.get_renderer()
+    probe = ax.text(0.0, 0.0, "", fontsize=REF_FONT_PT, transform=ax.transAxes)
+    text_px = 0.0
+    for label in labels:
+        probe.set_text(label)
+        text_px = max(text_px, probe.get_window_extent(renderer).height)
+    probe.remove()
+    pt_px = ax.figure.dpi / 72.0
+    box_px = text_px + 2.0 * REF_BOX_PAD * REF_FONT_PT * pt_px + REF_LABEL_MARGIN_PT * pt_px
+    return box_px / max(ax.get_window_extent(renderer).height, 1.0)
+
+
 def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object]) -> None:
     """Label the reference lines at the right edge, stacked so that no two labels overlap.
 
-    Each label sits just above its dotted line; labels closer than one text line are moved apart and
-    joined to their line by a thin tick.
+    Each label sits just above its dotted line; labels closer than their rendered height (tallest
+    label with its box, plus a small margin: `reference_label_gap`) are moved apart and joined to their
+    line by a thin tick.
     """
     refs = list(panel.reference)
     if not refs:
         return
-    height_px = ax.get_window_extent().height
-    gap = (REF_FONT_PT * 1.35 / 72.0 * ax.figure.dpi) / max(height_px, 1.0)
+    gap = reference_label_gap(ax, [r.label for r in refs])
     for _ in range(4):  # make head room above the highest reference for the stacked labels
         ax.get_ylim()  # applies any pending autoscaling, so that transData holds the final limits
         to_axes = ax.transData + ax.transAxes.inverted()
@@ -337,7 +354,12 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
             va="bottom",
             fontsize=REF_FONT_PT,
             color=color,
-            bbox={"boxstyle": "square,pad=0.05", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+            bbox={
+                "boxstyle": f"square,pad={REF_BOX_PAD}",
+                "facecolor": "white",
+                "edgecolor": "none",
+                "alpha": 0.75,
+            },
             arrowprops=None if abs(p - y - 0.01) < 1e-9 else {"arrowstyle": "-", "color": color, "lw": 0.4},
         )
 
