@@ -178,3 +178,57 @@ def test_close_reference_labels_are_pushed_apart_by_their_rendered_height():
     assert len(boxes) == 2
     clearance_px = boxes[1].y0 - boxes[0].y1
     assert clearance_px >= 0.9 * REF_LABEL_MARGIN_PT * 150 / 72.0, clearance_px
+
+
+def _one_panel_figure(tmp_path, note: str | None = None, legend: str | None = None):
+    from analysis_fakes import toy_runs
+
+    from lop.analysis.aggregate import aggregate_runs
+    from lop.analysis.registry import AxisSpec, FigureSpec, PanelSpec
+
+    toy_runs(tmp_path, seeds=2, steps=20)
+    panel = PanelSpec(title="p", metric="loss", y=AxisSpec(label="y"), methods=("bp",), legend=legend)
+    spec = FigureSpec(title="toy", experiment="toy", ncols=1, panels=(panel,), notes={"demo": note} if note else {})
+    return spec, aggregate_runs(tmp_path)
+
+
+@pytest.mark.parametrize("loc", ["lower left", "upper right", "center right"])
+def test_panel_legend_goes_where_the_registry_says(tmp_path, loc):
+    from matplotlib.legend import Legend
+
+    from lop.analysis.figures import draw_figure
+    from lop.analysis.registry import StyleSpec
+
+    spec, table = _one_panel_figure(tmp_path, legend=loc)
+    fig, _ = draw_figure(spec, table, "demo", StyleSpec())
+    legend = fig.axes[0].get_legend()
+    assert legend is not None and legend._loc == Legend.codes[loc]
+
+
+def test_registry_refuses_an_unknown_legend_place(tmp_path):
+    from lop.analysis.registry import load_registry
+
+    text = (ROOT / "params" / "figures.yaml").read_text().replace("legend: lower left", "legend: somewhere", 1)
+    bad = tmp_path / "figures.yaml"
+    bad.write_text(text)
+    with pytest.raises(Exception, match=r"legend"):
+        load_registry(bad)
+
+
+def test_a_long_note_takes_height_from_the_figure_not_the_panel(tmp_path):
+    """A one-column figure wraps a long note into many lines: the heading grows the figure, the panel
+    keeps its height, and the heading's text ends above the panel's title."""
+    from lop.analysis.figures import draw_figure
+    from lop.analysis.registry import StyleSpec
+
+    spec_short, table = _one_panel_figure(tmp_path / "a")
+    spec_long, _ = _one_panel_figure(tmp_path / "b", note=" ".join(["A sentence that explains the figure."] * 12))
+    heights = []
+    for spec in (spec_short, spec_long):
+        fig, _ = draw_figure(spec, table, "demo", StyleSpec())
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        heights.append(ax.get_window_extent(renderer).height / fig.dpi)
+        assert fig._suptitle.get_window_extent(renderer).y0 > ax.title.get_window_extent(renderer).y1
+    assert heights[1] >= heights[0] - 0.1, heights  # the panel is not squeezed by the note

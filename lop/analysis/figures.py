@@ -37,6 +37,7 @@ MARKERS_BELOW = 12  # lines with this few points get markers (a single bin is ot
 YLABEL_WRAP = 28  # characters per line of a y label (a longer one would run past a panel's height)
 LEGEND_ONE_COLUMN = 6  # more lines than this: a two-column legend (fewer rows over the data)
 REF_FONT_PT = 5.5  # reference-mark labels
+HEADING_LINE_IN = 0.2  # height of one line of a figure's heading (title, band, note), in inches
 REF_BOX_PAD = 0.05  # padding of a reference label's white box, in units of its font size
 REF_LABEL_MARGIN_PT = 2.5  # clear space between two stacked reference labels' boxes
 
@@ -166,7 +167,14 @@ def draw_figure(
     nrows = math.ceil(n / ncols)
     w, h = style.panel_size
     note = spec.notes.get(scale)
-    extra = 0.6 + (0.3 if note else 0.0)
+    band = {"se": "mean ± 1 s.e.", "bootstrap95": "mean, 95% bootstrap CI", "none": "mean"}[spec.band]
+    width = max(30, int(11 * w * ncols))  # ~11 characters per inch
+    head = f"{textwrap.fill(spec.title_for(scale), width=width)}\n({band} over seeds)"
+    if note:
+        head += "\n" + textwrap.fill(note, width=int(width * 1.25))
+    # room for the heading: its lines at HEADING_LINE_IN each, so that a long note (a one-column figure
+    # wraps it into many lines) takes height from the figure, not from the panels
+    extra = 0.22 + HEADING_LINE_IN * (head.count("\n") + 1)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(w * ncols, h * nrows + extra), squeeze=False, dpi=style.dpi
     )
@@ -215,18 +223,13 @@ def draw_figure(
         if panel.x.lim is not None:
             ax.set_xlim(*panel.x.lim)
         handles = ax.get_legend_handles_labels()[0]
+        loc = panel.legend or "best"
         if len(handles) > LEGEND_ONE_COLUMN:  # many lines: two compact columns on a light box, out of the way
-            ax.legend(fontsize="xx-small", ncol=2, frameon=True, framealpha=0.85, edgecolor="none")
+            ax.legend(fontsize="xx-small", ncol=2, frameon=True, framealpha=0.85, edgecolor="none", loc=loc)
         elif handles:
-            ax.legend(fontsize="x-small", frameon=False)
+            ax.legend(fontsize="x-small", frameon=False, loc=loc)
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
-    band = {"se": "mean ± 1 s.e.", "bootstrap95": "mean, 95% bootstrap CI", "none": "mean"}[spec.band]
-    width = max(30, int(11 * w * ncols))  # ~11 characters per inch
-    title = textwrap.fill(spec.title_for(scale), width=width)
-    head = f"{title}\n({band} over seeds)"
-    if note:
-        head += "\n" + textwrap.fill(note, width=int(width * 1.25))
     fig.suptitle(head, fontsize="medium")
     label = stand_in_label(table, scale)
     if label is not None:

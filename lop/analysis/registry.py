@@ -97,6 +97,15 @@ class PanelSpec:
     # (metric `test_accuracy/task_*`); "bars": the metric's last value per line (references with `line`
     # are drawn as markers on that line's bar)
     kind: Literal["lines", "matrix", "bars"] = field(default="lines", metadata=OMIT_IF_DEFAULT)
+    # where the legend goes (matplotlib's `loc`); None: matplotlib's "best", which can only pick the
+    # least covered corner, so a panel whose lines fill every corner names a free one
+    legend: (
+        Literal[
+            "upper left", "upper right", "lower left", "lower right", "center left", "center right",
+            "upper center", "lower center",
+        ]
+        | None
+    ) = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def validate(self) -> list[tuple[str, str]]:
         scales = {s for ln in self.lines for s in ln.scales} or {""}
