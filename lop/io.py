@@ -43,11 +43,25 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """`torch.save` a dict of tensors/primitives atomically."""
+def save_torch(path: Path, obj: Any) -> None:
+    """`torch.save` `obj` to `path` atomically, with bytes that depend on the content alone.
+
+    torch names the top folder inside its zip archive after the file name it is given, and
+    `atomic_write`'s temp name is random; writing through a file handle makes that folder ``archive``,
+    so the same content always gives the same file (what DVC hashes).
+    """
     import torch
 
-    atomic_write(path, lambda p: torch.save(state, p))
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """`torch.save` a dict of tensors/primitives atomically (`save_torch`)."""
+    save_torch(path, state)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -28,7 +28,15 @@ import torch
 from lop.config import to_dict
 from lop.errors import CheckpointError, ConfigError
 from lop.experiments.base import ExperimentSpec, MetricBlock, RunSpec, check_packable, check_supported
-from lop.io import atomic_write, device_description, git_commit, load_checkpoint, save_checkpoint, versions
+from lop.io import (
+    atomic_write,
+    device_description,
+    git_commit,
+    load_checkpoint,
+    save_checkpoint,
+    save_torch,
+    versions,
+)
 from lop.limits import SEED_LIMIT, inside, safe_component
 
 CHECKPOINT_FORMAT = 1
@@ -124,7 +132,7 @@ def save_models(trainer: Any, runs: Sequence[RunSpec], models_dir: Path, unit: i
     for k, run in enumerate(runs):
         per_run = {name: t[k].clone() for name, t in state.items() if t.dim() > 0 and t.shape[0] == len(runs)}
         path = run_dir(models_dir, run) / f"{trainer.unit_name}-{unit:05d}.pt"
-        atomic_write(path, lambda p, d=per_run: torch.save(d, p))
+        save_torch(path, per_run)
 
 
 def _is_complete(path: Path, config: dict[str, Any]) -> bool:

@@ -161,11 +161,10 @@ def pretrain(p: BudgetedCLProblem, device: torch.device) -> dict[str, torch.Tens
 
 def save_pretrained(p: BudgetedCLProblem, state: dict[str, torch.Tensor], path: Path) -> None:
     """Write the checkpoint atomically: the state and the fingerprint of the fields it depends on."""
-    from lop.io import atomic_write
+    from lop.io import save_torch
 
     fp = torch.tensor(list(bytes.fromhex(pretrain_fingerprint(p))), dtype=torch.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save({"state": state, "fingerprint": fp}, f))
+    save_torch(path, {"state": state, "fingerprint": fp})
 
 
 _PRETRAINED: dict[str, dict[str, torch.Tensor]] = {}
