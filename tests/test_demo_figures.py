@@ -232,3 +232,24 @@ def test_a_long_note_takes_height_from_the_figure_not_the_panel(tmp_path):
         heights.append(ax.get_window_extent(renderer).height / fig.dpi)
         assert fig._suptitle.get_window_extent(renderer).y0 > ax.title.get_window_extent(renderer).y1
     assert heights[1] >= heights[0] - 0.1, heights  # the panel is not squeezed by the note
+
+
+def test_stacked_reference_labels_cover_the_ticks_of_the_labels_above_them():
+    """A label pushed up is joined to its line by a tick that runs down past the labels below it; those
+    are drawn later (higher zorder), their boxes over the tick, and all stay under the legend (zorder 5)."""
+    import matplotlib.pyplot as plt
+
+    from lop.analysis.figures import _label_references
+    from lop.analysis.registry import AxisSpec, PanelSpec, ReferenceSpec
+
+    refs = tuple(ReferenceSpec(y=0.80 + 0.005 * k, label=f"reference {k} (fig)") for k in range(4))
+    panel = PanelSpec(title="p", metric="loss", y=AxisSpec(label="y"), reference=refs)
+    fig, ax = plt.subplots(figsize=(3.6, 2.6), dpi=150)
+    ax.plot([0.0, 1.0], [0.0, 1.0])
+    _label_references(ax, panel, {})
+    labels = sorted(ax.texts, key=lambda t: t.get_position()[1])  # bottom to top
+    plt.close(fig)
+    assert len(labels) == 4
+    zorders = [t.get_zorder() for t in labels]
+    assert zorders == sorted(zorders, reverse=True) and len(set(zorders)) == 4, zorders
+    assert all(2 < z < 5 for z in zorders), zorders

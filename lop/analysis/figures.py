@@ -40,6 +40,7 @@ REF_FONT_PT = 5.5  # reference-mark labels
 HEADING_LINE_IN = 0.2  # height of one line of a figure's heading (title, band, note), in inches
 REF_BOX_PAD = 0.05  # padding of a reference label's white box, in units of its font size
 REF_LABEL_MARGIN_PT = 2.5  # clear space between two stacked reference labels' boxes
+REF_LABEL_ZORDER = 3.0  # matplotlib's text level: above the data lines (2), below the legend (5)
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,10 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
         else:
             ax.set_ylim(lo, hi + (over + 0.02) * (hi - lo))
     pos = reference_label_positions([y + 0.01 for y in ys], gap, low=0.0, high=1.0 - gap)
-    for ref, y, p in zip(refs, ys, pos, strict=True):
+    # a pushed-up label's tick runs down past the labels below it: those are drawn on top, their boxes
+    # over the tick
+    rank = {k: r for r, k in enumerate(sorted(range(len(pos)), key=lambda k: -pos[k]))}
+    for k, (ref, y, p) in enumerate(zip(refs, ys, pos, strict=True)):
         color = colors.get(ref.line, "0.3") if ref.line else "0.3"
         ax.annotate(
             ref.label,
@@ -364,6 +368,7 @@ def _label_references(ax: plt.Axes, panel: PanelSpec, colors: dict[str, object])
                 "alpha": 0.75,
             },
             arrowprops=None if abs(p - y - 0.01) < 1e-9 else {"arrowstyle": "-", "color": color, "lw": 0.4},
+            zorder=REF_LABEL_ZORDER + rank[k] / len(pos),  # stays below the legend
         )
 
 
